@@ -1,0 +1,56 @@
+# The two commands a new machine needs: `make run` and `make test`.
+# With DATABASE_URL and REDIS_URL unset, both use the embedded Postgres and Redis under ./var/.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+
+.PHONY: run test lint format install services migrate version stop bench clean-var
+
+$(STAMP):
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet -r requirements-dev.txt
+	rm -f .venv/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+version: install
+	@$(PY) -m aipb.buildinfo
+
+# Starts the embedded servers when the URLs are unset; production and CI set the URLs.
+services: install
+	@if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then $(PY) -m aipb.embedded up; fi
+
+migrate: services
+	$(PY) manage.py migrate --noinput
+
+run: migrate version
+	$(PY) manage.py bootstrap_admin
+	$(PY) manage.py collectstatic --noinput -v 0
+	@export PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/metrics}; \
+	  rm -rf "$$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"; \
+	  status=0; $(PY) -m aipb.run || status=$$?; \
+	  if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then $(PY) -m aipb.embedded down; fi; exit $$status
+
+# Tests flush their Redis database: in embedded mode they get database 15 of the embedded server,
+# never the one `make run` uses; with REDIS_URL set, point it at a database you can lose.
+test: services version lint
+	@set -a; \
+	  if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then . var/embedded.env; REDIS_URL="$${REDIS_URL%db=0}db=15"; fi; \
+	  DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-secret-key}"; set +a; \
+	  $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: install
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+stop: install
+	$(PY) -m aipb.embedded down
+
+bench: services version
+	$(PY) -m bench.run_all

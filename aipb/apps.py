@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AipbConfig(AppConfig):
+    name = "aipb"
+    verbose_name = "aipb"

@@ -1,0 +1,87 @@
+"""Service errors and the one DRF exception handler that renders every /api/ error in one shape:
+
+{"error": {"type": "...", "message": "...", "details": ...}}
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+class ServiceError(Exception):
+    """Raised by services; views and commands turn it into a 4xx or a CommandError."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    error_type = "invalid_request"
+
+    def __init__(self, message: str, *, details: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_type = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = status.HTTP_409_CONFLICT
+    error_type = "conflict"
+
+
+_TYPES = {
+    exceptions.ValidationError: "validation_error",
+    exceptions.ParseError: "parse_error",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "throttled",
+}
+
+
+def error_body(error_type: str, message: str, details: object = None) -> dict:
+    return {"error": {"type": error_type, "message": message, "details": details}}
+
+
+def _message_of(detail: object) -> str:
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            inner = _message_of(value)
+            return inner if key in ("non_field_errors", "detail") else f"{key}: {inner}"
+        return "invalid input"
+    if isinstance(detail, list):
+        return _message_of(detail[0]) if detail else "invalid input"
+    return str(detail)
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return Response(error_body(exc.error_type, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # a real server error: Django's 500 handling and logging
+    error_type = next((name for cls, name in _TYPES.items() if isinstance(exc, cls)), "error")
+    detail = response.data
+    details = detail if isinstance(exc, exceptions.ValidationError) else None
+    message = _message_of(detail)
+    if isinstance(exc, exceptions.ValidationError):
+        message = f"invalid input: {message}"
+    response.data = error_body(error_type, message, details)
+    return response

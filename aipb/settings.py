@@ -1,0 +1,231 @@
+"""Settings: every value from an environment variable (README.md has the table)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from aipb import embedded
+from aipb.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# With DATABASE_URL and REDIS_URL both unset we run on the embedded servers under ./var/
+# (`python -m aipb.embedded up`, which `make run` and `make test` call).
+EMBEDDED = not os.environ.get("DATABASE_URL") and not os.environ.get("REDIS_URL")
+_embedded_env = embedded.read_env_file() if EMBEDDED else {}
+if EMBEDDED and not _embedded_env:
+    raise ImproperlyConfigured(
+        "DATABASE_URL and REDIS_URL are unset and the embedded servers are not set up: "
+        "run `make run`, or `.venv/bin/python -m aipb.embedded up`, or set both URLs"
+    )
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or _embedded_env.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set (production refuses to start without one)")
+    SECRET_KEY = "insecure-debug-only-key"  # noqa: S105 - DEBUG only
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_rq",
+    "django_prometheus",
+    "aipb",
+    "jobs",
+    "dlq",
+    "usage",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "aipb.middleware.ApiBodySizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "aipb.urls"
+WSGI_APPLICATION = "aipb.wsgi.application"
+ASGI_APPLICATION = "aipb.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL") or _embedded_env.get("DATABASE_URL", "")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 10
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# Redis: one pool per process with health checks, socket timeouts and retry on connection errors.
+REDIS_URL = env_str("REDIS_URL") or _embedded_env.get("REDIS_URL", "")
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 10.0, minimum=0.1)
+REDIS_SENTINELS = [
+    (host, int(port)) for host, _, port in (item.rpartition(":") for item in env_list("REDIS_SENTINELS"))
+]
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
+
+
+def _with_query(url: str, **params: object) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for key, value in params.items():
+        query.setdefault(key, str(value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+AI_QUEUES = {"high": "ai-high", "normal": "ai-default", "low": "ai-low"}
+if REDIS_SENTINELS:
+    _rq_connection = {
+        "SENTINELS": REDIS_SENTINELS,
+        "MASTER_NAME": REDIS_SENTINEL_MASTER,
+        "DB": 0,
+        "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+    }
+else:
+    _rq_connection = {
+        "URL": _with_query(REDIS_URL, socket_timeout=REDIS_SOCKET_TIMEOUT, health_check_interval=30),
+    }
+RQ_QUEUES = {name: dict(_rq_connection, DEFAULT_TIMEOUT=900) for name in AI_QUEUES.values()}
+RQ = {
+    "WORKER_CLASS": env_str("AI_WORKER_CLASS", "aipb.worker.AIPBWorker"),
+    "COMMIT_MODE": "auto",  # we enqueue on commit ourselves (jobs.queues)
+}
+RQ_SHOW_ADMIN_LINK = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "aipb.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_RATES": {"submit": env_str("AI_SUBMIT_THROTTLE_RATE", "6000/min")},
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "aipb API",
+    "DESCRIPTION": "AI page-generation jobs: submit, watch, retry; dead letters, queue control, usage and cost.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Request bodies: 1 MiB is far above the largest valid job (20,000-character prompt + options).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AI_MAX_REQUEST_BYTES", 1_048_576, minimum=1024)
+
+PROMETHEUS_EXPORT_MIGRATIONS = False
+
+# --- the AI pipeline ---
+AI_DEFAULT_PROVIDER = env_str("AI_DEFAULT_PROVIDER")
+AI_DEFAULT_MODEL = env_str("AI_DEFAULT_MODEL")
+AI_MAX_ATTEMPTS = env_int("AI_MAX_ATTEMPTS", 3, minimum=1)
+AI_WORKER_CONCURRENCY = env_int("AI_WORKER_CONCURRENCY", 10, minimum=1)
+AI_RATE_LIMIT_PER_SECOND = env_float("AI_RATE_LIMIT_PER_SECOND", 20.0, minimum=0)
+AI_RATE_LIMIT_BURST = env_float("AI_RATE_LIMIT_BURST", 0.0, minimum=0)  # 0 = one second's worth
+AI_RATE_LIMIT_PER_PROVIDER = env_bool("AI_RATE_LIMIT_PER_PROVIDER", False)
+AI_RATE_LIMIT_RETRY_SECONDS = env_float("AI_RATE_LIMIT_RETRY_SECONDS", 1.0, minimum=0)
+AI_PROVIDER_TIMEOUT_SECONDS = env_float("AI_PROVIDER_TIMEOUT_SECONDS", 60.0, minimum=0.1)
+AI_BACKOFF_BASE_SECONDS = env_float("AI_BACKOFF_BASE_SECONDS", 2.0, minimum=0)
+AI_BACKOFF_MAX_SECONDS = env_float("AI_BACKOFF_MAX_SECONDS", 300.0, minimum=0)
+AI_RETRY_AFTER_MAX_SECONDS = env_float("AI_RETRY_AFTER_MAX_SECONDS", 600.0, minimum=0)
+AI_ENABLE_SIMULATED_PROVIDER = env_bool("AI_ENABLE_SIMULATED_PROVIDER", False)
+AI_MAX_PROMPT_CHARS = 20_000
+AI_MAX_OPTIONS_BYTES = 16_384
+# A running attempt whose worker has not finished it within this many seconds is presumed lost.
+AI_LEASE_SECONDS = env_float("AI_LEASE_SECONDS", AI_PROVIDER_TIMEOUT_SECONDS + 60, minimum=1)
+AI_DLQ_MAX_ENTRIES = env_int("AI_DLQ_MAX_ENTRIES", 10_000, minimum=1)
+AI_DLQ_MAX_AGE_DAYS = env_int("AI_DLQ_MAX_AGE_DAYS", 0, minimum=0)  # 0 = no age limit
+AI_VALIDATION_WINDOW_SECONDS = env_int("AI_VALIDATION_WINDOW_SECONDS", 600, minimum=1)
+
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL")
+GEMINI_API_KEY = env_str("GEMINI_API_KEY")
+GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")
+
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+# Security: TLS usually ends at the proxy, so the redirect is its own switch.
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_TLS_PROXY", False) else None
+# Embedded (local dev over http://127.0.0.1) defaults to plain cookies so the admin login works.
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG and not EMBEDDED)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0, minimum=0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+}

@@ -1,0 +1,52 @@
+"""manage.py reconcile [--dry-run] [--json] [--every SECONDS]"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, close_old_connections
+from redis.exceptions import RedisError
+
+from jobs.services import jobs_reconcile
+
+
+class Command(BaseCommand):
+    help = "Re-enqueue jobs Redis lost and recover jobs whose worker died (lease expired), each exactly once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--every", type=float, default=None, metavar="SECONDS", help="run forever, every N seconds")
+
+    def handle(self, *args, **options):
+        every = options["every"]
+        if every is not None and every <= 0:
+            raise CommandError("--every must be a positive number of seconds")
+        if every is None:
+            self._print(jobs_reconcile(dry_run=options["dry_run"]), as_json=options["json"], quiet_when_idle=False)
+            return
+        while True:  # the schedule `make run` uses; a deployment may use cron with a plain `reconcile` instead
+            close_old_connections()
+            try:
+                self._print(jobs_reconcile(dry_run=options["dry_run"]), as_json=options["json"], quiet_when_idle=True)
+            except (DatabaseError, RedisError) as exc:
+                self.stderr.write(f"reconcile: {exc.__class__.__name__}: {exc}; trying again in {every:g}s")
+            time.sleep(every)
+
+    def _print(self, report, *, as_json: bool, quiet_when_idle: bool) -> None:
+        if as_json:
+            self.stdout.write(json.dumps(report.as_dict()))
+            return
+        total = len(report.requeued) + len(report.recovered) + len(report.dead)
+        if quiet_when_idle and total == 0:
+            return
+        verb = "would put back" if report.dry_run else "put back"
+        self.stdout.write(
+            f"reconcile: {verb} {len(report.requeued)} lost from Redis, {len(report.recovered)} from dead workers; "
+            f"{len(report.dead)} dead (no attempts left)"
+        )
+        for label, ids in (("requeued", report.requeued), ("recovered", report.recovered), ("dead", report.dead)):
+            for job_id in ids:
+                self.stdout.write(f"  {label:9} {job_id}")

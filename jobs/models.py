@@ -1,0 +1,117 @@
+"""AIJob and JobAttempt (DESIGN.md §5). State changes happen only in jobs.services, as conditional UPDATEs."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from jobs.errors import ErrorType
+
+
+class Priority(models.TextChoices):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELED = "canceled"
+
+
+FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELED)
+WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
+
+
+class AIJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ai_jobs")
+    provider = models.CharField(max_length=20)
+    model = models.CharField(max_length=200)
+    prompt = models.TextField()
+    options = models.JSONField(default=dict, blank=True)
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    # Lifetime attempt count; the current budget is max_attempts attempts counted from budget_base.
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    budget_base = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    error_type = models.CharField(max_length=32, choices=ErrorType.choices, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # The RQ job that currently carries this job: the AIJob id for the first delivery,
+    # "<id>_<n>" for later ones (a running RQ job cannot re-enqueue itself under its own id).
+    rq_job_id = models.CharField(max_length=64, blank=True, default="")
+    deliveries = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="aijob_owner_created"),
+            models.Index(fields=["status", "-created_at"], name="aijob_status_created"),
+            models.Index(fields=["provider", "model", "-created_at"], name="aijob_provider_model"),
+            models.Index(fields=["error_type", "-created_at"], name="aijob_error_type"),
+            models.Index(fields=["-created_at"], name="aijob_created"),
+            models.Index(fields=["status", "lease_expires_at"], name="aijob_status_lease"),
+            models.Index(fields=["finished_at"], name="aijob_finished"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="aijob_owner_idempotency_key",
+            ),
+            models.CheckConstraint(condition=models.Q(max_attempts__gte=1), name="aijob_max_attempts_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def attempts_left(self) -> int:
+        return max(0, self.max_attempts - (self.attempts - self.budget_base))
+
+
+class AttemptOutcome(models.TextChoices):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+class JobAttempt(models.Model):
+    job = models.ForeignKey(AIJob, on_delete=models.CASCADE, related_name="attempt_set")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=AttemptOutcome.choices)
+    error_type = models.CharField(max_length=32, choices=ErrorType.choices, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    provider_request_id = models.CharField(max_length=200, blank=True, default="")
+    # Did the model's output pass page validation? None when there was no output to validate.
+    validation_passed = models.BooleanField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("job", "number")
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="jobattempt_job_number")]
+        indexes = [models.Index(fields=["started_at"], name="jobattempt_started")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.number} {self.outcome}"

@@ -1,0 +1,40 @@
+"""RQ transport: which queue a job goes on and how a delivery is enqueued."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from rq import Queue
+
+from aipb.redis_client import get_redis
+
+QUEUE_ORDER = ("ai-high", "ai-default", "ai-low")  # workers drain them in this order
+
+
+def queue_name(priority: str) -> str:
+    return settings.AI_QUEUES[priority]
+
+
+def get_queue(name: str) -> Queue:
+    return Queue(name, connection=get_redis())
+
+
+def all_queues() -> list[Queue]:
+    return [get_queue(name) for name in QUEUE_ORDER]
+
+
+def enqueue_delivery(*, job_id: str, rq_job_id: str, priority: str, delay: float = 0.0) -> None:
+    """Put one delivery of a job on its queue; the RQ job carries only ids."""
+    queue = get_queue(queue_name(priority))
+    kwargs = {
+        "job_id": rq_job_id,
+        "job_timeout": int(settings.AI_LEASE_SECONDS) + 30,
+        "result_ttl": 600,
+        "failure_ttl": 86_400,
+        "description": f"ai job {job_id}",
+    }
+    if delay > 0:
+        queue.enqueue_in(timedelta(seconds=delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)
+    else:
+        queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)

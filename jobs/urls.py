@@ -1,0 +1,11 @@
+from django.urls import path
+
+from jobs import apis
+
+urlpatterns = [
+    path("jobs", apis.JobListCreateApi.as_view(), name="job-list"),
+    path("jobs/<uuid:job_id>", apis.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<uuid:job_id>/retry", apis.JobRetryApi.as_view(), name="job-retry"),
+    path("jobs/<uuid:job_id>/cancel", apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("providers", apis.ProviderListApi.as_view(), name="provider-list"),
+]

@@ -1,0 +1,73 @@
+"""Every aipb metric object, in one place, and the few helpers the pipeline calls.
+
+Counters and histograms are written by whichever process does the work (gunicorn
+workers, RQ work-horses); with PROMETHEUS_MULTIPROC_DIR set, prometheus_client keeps
+them in per-process files that /metrics aggregates. Scrape-time gauges (queue sizes,
+DLQ, workers) live in monitoring.collectors and read Redis or a bounded query.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300)
+
+JOBS = Counter("ai_jobs", "AI jobs that reached a final state", ["provider", "model", "status"])
+PROCESSING = Histogram(
+    "ai_jobs_processing_duration_seconds",
+    "Duration of one attempt, provider call and validation included",
+    ["provider", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+RETRIES = Counter("ai_jobs_retry", "Retries scheduled after a failed attempt", ["provider", "model"])
+ATTEMPTS = Counter("ai_jobs_attempts", "Attempts by outcome", ["provider", "model", "outcome"])
+ERRORS = Counter("ai_jobs_errors", "Failed attempts by error type", ["provider", "model", "error_type"])
+VALIDATION = Counter(
+    "ai_jobs_validation", "Model outputs checked against the page schema", ["provider", "model", "result"]
+)
+TOKENS = Counter("ai_llm_tokens", "Tokens reported by providers", ["provider", "model", "type"])
+COST = Counter("ai_llm_cost_usd", "Estimated provider cost in USD", ["provider", "model"])
+RATE_LIMIT_WAITS = Counter(
+    "ai_rate_limit_wait", "Deliveries re-scheduled because no rate-limit token was free", ["provider"]
+)
+
+
+def job_finished(*, provider: str, model: str, status: str) -> None:
+    JOBS.labels(provider, model, status).inc()
+
+
+def attempt_finished(
+    *,
+    provider: str,
+    model: str,
+    outcome: str,
+    seconds: float,
+    error_type: str = "",
+    validation_passed: bool | None = None,
+) -> None:
+    PROCESSING.labels(provider, model).observe(seconds)
+    ATTEMPTS.labels(provider, model, outcome).inc()
+    if error_type:
+        ERRORS.labels(provider, model, error_type).inc()
+    if validation_passed is not None:
+        VALIDATION.labels(provider, model, "pass" if validation_passed else "fail").inc()
+
+
+def retry_scheduled(*, provider: str, model: str) -> None:
+    RETRIES.labels(provider, model).inc()
+
+
+def usage_recorded(
+    *, provider: str, model: str, prompt: int, completion: int, cached: int, cost: Decimal | None
+) -> None:
+    TOKENS.labels(provider, model, "prompt").inc(prompt)
+    TOKENS.labels(provider, model, "completion").inc(completion)
+    TOKENS.labels(provider, model, "cached").inc(cached)
+    if cost is not None:
+        COST.labels(provider, model).inc(float(cost))
+
+
+def rate_limited(*, provider: str) -> None:
+    RATE_LIMIT_WAITS.labels(provider).inc()

@@ -1,0 +1,108 @@
+"""Shared fixtures: real Postgres (pytest-django's test database), real Redis, real RQ workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from django.conf import settings as django_settings
+from rest_framework.test import APIClient
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+from aipb.redis_client import get_redis
+from jobs.models import FINAL_STATUSES, AIJob
+from jobs.providers import reset_providers
+from jobs.queues import all_queues
+from tests.factories import UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _pipeline_settings(settings):
+    """Fast, deterministic pipeline settings; each test may override."""
+    settings.AI_ENABLE_SIMULATED_PROVIDER = True
+    settings.AI_BACKOFF_BASE_SECONDS = 0.01
+    settings.AI_BACKOFF_MAX_SECONDS = 0.05
+    settings.AI_RATE_LIMIT_PER_SECOND = 0  # off unless a test turns it on
+    settings.REST_FRAMEWORK = {**django_settings.REST_FRAMEWORK}
+    reset_providers()
+    yield
+    reset_providers()
+
+
+@pytest.fixture
+def redis_conn():
+    """The test Redis database, emptied before and after the test (REDIS_URL must point at a test database)."""
+    conn = get_redis()
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory(username="bob")
+
+
+@pytest.fixture
+def staff_user(db):
+    return UserFactory(username="ops", is_staff=True)
+
+
+@pytest.fixture
+def api(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def staff_api(staff_user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(staff_user)
+    return client
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()
+
+
+def _pending(conn) -> bool:
+    for queue in all_queues():
+        if queue.count or ScheduledJobRegistry(queue=queue).count or StartedJobRegistry(queue=queue).count:
+            return True
+    return False
+
+
+@pytest.fixture
+def run_worker(redis_conn, transactional_db) -> Callable[..., int]:
+    """Run a real RQ worker (the project's forking worker class unless told otherwise) in burst mode,
+    with the scheduler, until no job waits or is scheduled, or ``until()`` is true. Returns the passes made."""
+    from aipb.worker import AIPBWorker
+
+    def run(*, timeout: float = 30.0, worker_class=AIPBWorker, until: Callable[[], bool] | None = None) -> int:
+        deadline = time.monotonic() + timeout
+        passes = 0
+        while True:
+            worker = worker_class(all_queues(), connection=redis_conn)
+            worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+            passes += 1
+            if until is not None and until():
+                return passes
+            if until is None and not _pending(redis_conn):
+                return passes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jobs still pending after {timeout}s")
+            time.sleep(0.05)
+
+    return run
+
+
+def all_final() -> bool:
+    return not AIJob.objects.exclude(status__in=FINAL_STATUSES).exists()

@@ -1,0 +1,54 @@
+"""TokenUsage (one row per provider call that returned usage) and ModelPrice (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ModelPrice(models.Model):
+    """USD per million tokens. A price change is a new row; history is never repriced."""
+
+    provider = models.CharField(max_length=20)
+    model = models.CharField(max_length=200)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cache_write_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("provider", "model", "-effective_from")
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="modelprice_unique_from")
+        ]
+        indexes = [models.Index(fields=["provider", "model", "-effective_from"], name="modelprice_lookup")]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class TokenUsage(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_usage")
+    job = models.ForeignKey("jobs.AIJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    attempt = models.PositiveIntegerField()
+    provider = models.CharField(max_length=20)
+    model = models.CharField(max_length=200)
+    prompt_tokens = models.PositiveIntegerField(default=0)  # all input, cached included
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)  # cache reads, part of prompt_tokens
+    cache_write_tokens = models.PositiveIntegerField(default=0)  # cache writes, part of prompt_tokens
+    cost = models.DecimalField(max_digits=18, decimal_places=9, null=True, blank=True)  # null = unpriced
+    created_at = models.DateTimeField(db_index=False)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["created_at"], name="usage_created"),
+            models.Index(fields=["owner", "created_at"], name="usage_owner_created"),
+            models.Index(fields=["provider", "model", "created_at"], name="usage_provider_model_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} {self.prompt_tokens}+{self.completion_tokens}"
