@@ -1,0 +1,106 @@
+"""The Redis token bucket: atomic across processes, never over its rate, and it gates real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings as django_settings
+
+from jobs import ratelimit
+
+HAMMER = """
+import json, os, sys, time
+import django
+django.setup()
+from jobs import ratelimit
+rate, burst, seconds, start_at = (float(a) for a in sys.argv[1:5])
+while time.time() < start_at:
+    time.sleep(0.001)
+admitted = []
+while time.time() < start_at + seconds:
+    if ratelimit.acquire(provider="local", rate=rate, burst=burst).allowed:
+        admitted.append(time.time())
+print(json.dumps(admitted))
+"""
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "aipb.settings"
+    return env
+
+
+def _max_in_window(stamps: list[float], window: float) -> int:
+    stamps = sorted(stamps)
+    best, lo = 0, 0
+    for hi, t in enumerate(stamps):
+        while t - stamps[lo] > window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_two_processes_never_exceed_the_rate(redis_conn):
+    rate, burst, seconds = 20.0, 5.0, 3.0
+    start_at = time.time() + 1.5  # both processes start hammering at the same instant
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, str(rate), str(burst), str(seconds), str(start_at)],
+            stdout=subprocess.PIPE,
+            env=_child_env(),
+            cwd=django_settings.BASE_DIR,
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(p.communicate(timeout=30)[0]) for p in procs]
+    stamps = [t for r in results for t in r]
+    assert all(results), "both processes got tokens"
+    # a token bucket admits at most burst + rate * T in any window of T seconds
+    assert len(stamps) <= burst + rate * seconds + 1
+    assert len(stamps) >= rate * seconds * 0.8, "the limiter must not starve callers either"
+    for window in (0.5, 1.0, 2.0):
+        assert _max_in_window(stamps, window) <= burst + rate * window + 1, window
+
+
+def test_rate_zero_disables_the_limiter(redis_conn):
+    assert all(ratelimit.acquire(provider="x", rate=0).allowed for _ in range(1000))
+
+
+def test_denied_caller_is_told_how_long_to_wait(redis_conn):
+    assert ratelimit.acquire(provider="x", rate=2, burst=1).allowed
+    decision = ratelimit.acquire(provider="x", rate=2, burst=1)
+    assert not decision.allowed and 0 < decision.wait_seconds <= 0.5
+
+
+def test_per_provider_buckets(redis_conn, settings):
+    settings.AI_RATE_LIMIT_PER_PROVIDER = True
+    assert ratelimit.acquire(provider="openai", rate=1, burst=1).allowed
+    assert not ratelimit.acquire(provider="openai", rate=1, burst=1).allowed
+    assert ratelimit.acquire(provider="anthropic", rate=1, burst=1).allowed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_throttled_jobs_wait_without_spending_attempts(user, run_worker, settings):
+    from jobs import services
+    from jobs.models import AIJob, JobAttempt
+
+    settings.AI_RATE_LIMIT_PER_SECOND = 5
+    settings.AI_RATE_LIMIT_BURST = 1
+    settings.AI_RATE_LIMIT_RETRY_SECONDS = 0.05
+    jobs = [services.job_submit(owner=user, prompt=f"page {i}")[0] for i in range(6)]
+    started = time.monotonic()
+    run_worker(timeout=60)
+    elapsed = time.monotonic() - started
+
+    assert set(AIJob.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert set(AIJob.objects.values_list("attempts", flat=True)) == {1}, "waiting for a token spends no attempt"
+    assert JobAttempt.objects.count() == len(jobs)
+    starts = sorted(JobAttempt.objects.values_list("started_at", flat=True))
+    span = (starts[-1] - starts[0]).total_seconds()
+    assert span >= (len(jobs) - 1 - 1) / 5, "six calls at 5/s with a bucket of one take about a second"
+    assert elapsed >= span
