@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -122,11 +122,11 @@ REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 
 
 def _with_query(url: str, **params: object) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    for key, value in params.items():
-        query.setdefault(key, str(value))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    # string surgery, not urlunsplit: that turns unix:///path into unix:/path
+    base, _, query = url.partition("?")
+    existing = dict(parse_qsl(query))
+    merged = {**{k: str(v) for k, v in params.items()}, **existing}
+    return f"{base}?{urlencode(merged)}"
 
 
 AI_QUEUES = {"high": "ai-high", "normal": "ai-default", "low": "ai-low"}
@@ -207,6 +207,13 @@ GEMINI_API_KEY = env_str("GEMINI_API_KEY")
 GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")
 
 METRICS_TOKEN = env_str("METRICS_TOKEN")
+# prometheus_client multiprocess mode (gunicorn workers, RQ workers and their work-horses on one host
+# share this directory; empty it before they start). Installed here, before any metric exists, so
+# every metric value uses monitoring.multiprocess's bounded file naming.
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    from monitoring.multiprocess import install as _install_multiprocess_metrics
+
+    _install_multiprocess_metrics(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 # Security: TLS usually ends at the proxy, so the redirect is its own switch.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
