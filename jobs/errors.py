@@ -9,6 +9,7 @@ meanings (OpenAI's 429 is a rate limit *or* an exhausted quota).
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 
@@ -51,6 +52,12 @@ _CODE_TYPES: dict[str, ErrorType] = {
     "insufficient_quota": ErrorType.AUTH_ERROR,
     "billing_error": ErrorType.AUTH_ERROR,
     "billing_hard_limit_reached": ErrorType.AUTH_ERROR,
+    # Anthropic `error.details.error_code` on 429s/400s that waiting does not fix
+    "enforced_spend_limit_reached": ErrorType.AUTH_ERROR,
+    "contract_spend_limit_reached": ErrorType.AUTH_ERROR,
+    "linked_organization_spend_limit_reached": ErrorType.AUTH_ERROR,
+    "linked_organization_billing_unavailable": ErrorType.AUTH_ERROR,
+    "organization_on_hold": ErrorType.AUTH_ERROR,
     # credentials and permissions
     "invalid_api_key": ErrorType.AUTH_ERROR,
     "api_key_invalid": ErrorType.AUTH_ERROR,
@@ -66,27 +73,55 @@ _CODE_TYPES: dict[str, ErrorType] = {
     "context_length_exceeded": ErrorType.CONTEXT_LENGTH,
     "string_above_max_length": ErrorType.CONTEXT_LENGTH,
     "request_too_large": ErrorType.CONTEXT_LENGTH,
+    "model_context_window_exceeded": ErrorType.CONTEXT_LENGTH,  # Anthropic stop_reason
     # content policy
     "content_filter": ErrorType.CONTENT_POLICY,
     "content_policy_violation": ErrorType.CONTENT_POLICY,
     "safety": ErrorType.CONTENT_POLICY,
     "prohibited_content": ErrorType.CONTENT_POLICY,
     "blocklist": ErrorType.CONTENT_POLICY,
+    "refusal": ErrorType.CONTENT_POLICY,  # OpenAI message.refusal, Anthropic stop_reason
+    "spii": ErrorType.CONTENT_POLICY,  # Gemini finish/block reasons from here on
+    "jailbreak": ErrorType.CONTENT_POLICY,
+    "model_armor": ErrorType.CONTENT_POLICY,
+    "image_safety": ErrorType.CONTENT_POLICY,
+    "image_prohibited_content": ErrorType.CONTENT_POLICY,
     # transient
     "overloaded_error": ErrorType.SERVICE_UNAVAILABLE,
     "unavailable": ErrorType.SERVICE_UNAVAILABLE,
     "rate_limit_exceeded": ErrorType.RATE_LIMIT,
     "rate_limit_error": ErrorType.RATE_LIMIT,
     "resource_exhausted": ErrorType.RATE_LIMIT,
+    "ramp_limit_exceeded": ErrorType.RATE_LIMIT,
     "deadline_exceeded": ErrorType.TIMEOUT,
     "timeout_error": ErrorType.TIMEOUT,
     "api_error": ErrorType.PROVIDER_ERROR,
     "internal": ErrorType.PROVIDER_ERROR,
     "malformed_response": ErrorType.PROVIDER_ERROR,
+    "empty_response": ErrorType.PROVIDER_ERROR,
+    # the answer was cut off at the output token limit: a re-ask, like an invalid page
+    "output_truncated": ErrorType.VALIDATION_ERROR,
 }
 
+# Catch-all types that say less than the HTTP status beside them (Anthropic sends `api_error`
+# with a 503, Ollama with a 404): the status decides when there is one.
+_GENERIC_CODES = frozenset({"api_error", "internal", "server_error"})
+
+# A rate-limit code whose message says the quota is gone for the day (Gemini names the quota,
+# e.g. GenerateRequestsPerDayPerProjectPerModel), the spend cap is hit, or the model has no
+# quota at all ("limit: 0"): waiting out a backoff will not help. Gemini's per-minute 429s also
+# say "exceeded your current quota ... billing details", so those words alone decide nothing.
+_QUOTA_EXHAUSTED = re.compile(r"per ?day|spending cap|credits are depleted|prepayment|\blimit: 0\b", re.IGNORECASE)
+
 # Phrases providers use in 400 messages for over-long prompts, where they send no code.
-_CONTEXT_PHRASES = ("prompt is too long", "context length", "context window", "too many tokens", "maximum context")
+_CONTEXT_PHRASES = (
+    "prompt is too long",
+    "context length",
+    "context window",
+    "too many tokens",
+    "maximum context",
+    "exceeds the maximum number of tokens",  # Gemini: "The input token count (N) exceeds the maximum ..."
+)
 
 
 @dataclass(frozen=True)
@@ -125,10 +160,11 @@ def _classify_provider_error(exc: ProviderError) -> ErrorType:
     if exc.transport == "connection":
         return ErrorType.NETWORK_ERROR
     code = (exc.code or "").lower()
+    if code in _GENERIC_CODES and exc.status not in (None, 200):
+        code = ""
     if code in _CODE_TYPES:
         found = _CODE_TYPES[code]
-        # Gemini reports both per-minute limits and exhausted quotas as RESOURCE_EXHAUSTED;
-        # a message about billing or a daily quota means waiting will not help.
+        # Gemini reports both per-minute limits and exhausted quotas as RESOURCE_EXHAUSTED.
         if found is ErrorType.RATE_LIMIT and _mentions_quota(exc.message):
             return ErrorType.AUTH_ERROR
         return found
@@ -140,8 +176,7 @@ def _classify_provider_error(exc: ProviderError) -> ErrorType:
 
 
 def _mentions_quota(message: str) -> bool:
-    text = message.lower()
-    return "billing" in text or "exceeded your current quota" in text or "per day" in text
+    return bool(_QUOTA_EXHAUSTED.search(message))
 
 
 def classify(exc: BaseException) -> Classified:

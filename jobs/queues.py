@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from rq import Queue
@@ -24,6 +24,15 @@ def all_queues() -> list[Queue]:
     return [get_queue(name) for name in QUEUE_ORDER]
 
 
+def _run_at(delay: float) -> datetime:
+    # RQ's scheduled registry keeps whole seconds, rounded down: round up instead, so a
+    # provider's Retry-After is never cut short.
+    at = datetime.now(UTC) + timedelta(seconds=delay)
+    if at.microsecond:
+        at = at.replace(microsecond=0) + timedelta(seconds=1)
+    return at
+
+
 def enqueue_delivery(*, job_id: str, rq_job_id: str, priority: str, delay: float = 0.0) -> None:
     """Put one delivery of a job on its queue; the RQ job carries only ids."""
     queue = get_queue(queue_name(priority))
@@ -35,6 +44,6 @@ def enqueue_delivery(*, job_id: str, rq_job_id: str, priority: str, delay: float
         "description": f"ai job {job_id}",
     }
     if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)
+        queue.enqueue_at(_run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)
     else:
         queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)

@@ -10,7 +10,8 @@ What SDK 2.x does that matters here: it sends the key as ``Authorization: Bearer
 sent ``x-api-key``); 529 raises ``OverloadedError``, a subclass of ``InternalServerError`` (it was
 not one in 1.x), so we read the HTTP status and ``error.type`` instead of exception classes;
 ``error.details.error_code`` names causes more precisely (``enforced_spend_limit_reached``) and
-is preferred when present; a 200 whose body is not JSON comes back from ``parse()`` as a ``str``.
+is preferred when present; a 200 whose body is not JSON comes back from ``parse()`` as a ``str``;
+``messages.create`` has no sampling parameters (``temperature`` is gone), so none are sent.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from anthropic.types import Message
 from django.conf import settings
 
 from jobs.providers._common import (
+    api_model_id,
     as_int,
     call_timeout,
     clip,
-    option_float,
     option_int,
     redact,
     retry_after_from_headers,
@@ -61,20 +62,15 @@ class AnthropicProvider(Provider):
 
     def generate(self, *, prompt: str, model: str, ctx: CallContext) -> ProviderResponse:
         timeout = call_timeout(ctx, settings.AI_PROVIDER_TIMEOUT_SECONDS)
-        extra: dict = {}
-        temperature = option_float(ctx, "temperature", maximum=1.0)
-        if temperature is not None:
-            extra["temperature"] = temperature
         try:
             raw = self._client.messages.with_raw_response.create(
-                model=model,
+                model=api_model_id(self.id, model),
                 max_tokens=option_int(ctx, "max_tokens") or DEFAULT_MAX_TOKENS,
                 system=SYSTEM_PROMPT,
                 messages=[{"role": "user", "content": user_message(prompt)}],
                 tools=self._tools,
                 tool_choice=self._tool_choice,
                 timeout=timeout,
-                **extra,
             )
             request_id = raw.headers.get("request-id")
             try:

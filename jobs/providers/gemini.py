@@ -27,6 +27,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from jobs.providers._common import (
+    api_model_id,
     as_int,
     call_timeout,
     clip,
@@ -193,7 +194,9 @@ class GeminiProvider(Provider):
             http_options=types.HttpOptions(timeout=_ms(timeout)),
         )
         try:
-            response = self._client.models.generate_content(model=model, contents=user_message(prompt), config=config)
+            response = self._client.models.generate_content(
+                model=api_model_id(self.id, model), contents=user_message(prompt), config=config
+            )
         except genai_errors.APIError as exc:
             raise self._status_error(exc) from None
         except _TIMEOUT_ERRORS:
@@ -246,6 +249,7 @@ class GeminiProvider(Provider):
         status = exc.status if isinstance(exc.status, str) and _RPC_STATUS.match(exc.status) else None
         reason = None
         retry_after = None
+        quotas: list[str] = []
         for item in details:
             if not isinstance(item, dict):
                 continue
@@ -254,6 +258,9 @@ class GeminiProvider(Provider):
                 reason = item["reason"]
             elif kind.endswith("google.rpc.RetryInfo") and retry_after is None:
                 retry_after = parse_duration(item.get("retryDelay"))
+            elif kind.endswith("google.rpc.QuotaFailure"):
+                violations = item.get("violations") if isinstance(item.get("violations"), list) else []
+                quotas += [v["quotaId"] for v in violations if _has_str(v, "quotaId")]
         headers = getattr(exc.response, "headers", None)
         if retry_after is None:
             retry_after = retry_after_from_headers(headers)
@@ -263,7 +270,11 @@ class GeminiProvider(Provider):
         code = reason or status
         request_id = headers.get("x-goog-request-id") if headers is not None else None
         http_status = exc.code if isinstance(exc.code, int) else None
-        text = f"HTTP {http_status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+        text = f"HTTP {http_status}" + (f" {code}" if code else "")
+        if quotas:
+            # Which quota ran out (per minute or per day) is what tells a pause from a dead end.
+            text += f" [quota: {', '.join(dict.fromkeys(quotas))}]"
+        text += f": {message}" if message else ""
         return self._error(text, http_status, code, request_id, retry_after=retry_after)
 
     def _error(
@@ -287,6 +298,10 @@ class GeminiProvider(Provider):
             request_id=rid,
             usage=usage,
         )
+
+
+def _has_str(item: object, key: str) -> bool:
+    return isinstance(item, dict) and isinstance(item.get(key), str)
 
 
 def _ms(seconds: float) -> int:

@@ -19,6 +19,7 @@ from django.conf import settings
 from openai.types.chat import ChatCompletion
 
 from jobs.providers._common import (
+    api_model_id,
     as_int,
     call_timeout,
     clip,
@@ -65,7 +66,7 @@ class OpenAIProvider(Provider):
             extra["temperature"] = temperature
         try:
             raw = self._client.chat.completions.with_raw_response.create(
-                model=model,
+                model=api_model_id(self.id, model),
                 messages=[
                     {"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": user_message(prompt)},

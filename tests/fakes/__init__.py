@@ -5,10 +5,24 @@ manager or pytest fixture) or as their own process (``python -m tests.fakes.open
 --port N``). How a test picks each answer is described in ``tests.fakes.base``.
 """
 
-from tests.fakes.anthropic_server import FakeAnthropicServer
+from importlib import import_module
+
 from tests.fakes.base import DEFAULT_API_KEY, INVALID_PAGE, SAMPLE_PAGE, FakeProviderServer, RecordedRequest
-from tests.fakes.gemini_server import FakeGeminiServer
-from tests.fakes.openai_server import FakeOpenAIServer
+
+# The server modules load on first use, so `python -m tests.fakes.<server>` runs a module
+# that this package has not already imported.
+_LAZY = {
+    "FakeOpenAIServer": "tests.fakes.openai_server",
+    "FakeAnthropicServer": "tests.fakes.anthropic_server",
+    "FakeGeminiServer": "tests.fakes.gemini_server",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_API_KEY",

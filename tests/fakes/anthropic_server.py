@@ -33,6 +33,15 @@ from tests.fakes.base import (
 
 PATH = "/v1/messages"
 
+# Messages request fields; anything else is "Extra inputs are not permitted".
+REQUEST_FIELDS = frozenset(
+    {
+        "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature",
+        "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier", "output_config", "container",
+        "cache_control", "inference_geo",
+    }
+)  # fmt: skip
+
 USAGE = {
     "input_tokens": 100,
     "cache_creation_input_tokens": 76,
@@ -63,12 +72,16 @@ class FakeAnthropicServer(FakeProviderServer):
         bearer = headers.get("authorization", "")
         given = headers.get("x-api-key") or (bearer[7:] if bearer.startswith("Bearer ") else "")
         if given != self.api_key:
-            return _error(401, "authentication_error", "invalid x-api-key")
+            message = f"invalid x-api-key {given}" if self.echo_key else "invalid x-api-key"
+            return _error(401, "authentication_error", message)
         if not headers.get("anthropic-version"):
             return _error(400, "invalid_request_error", "anthropic-version: header is required")
         body = request.body
         if not isinstance(body, dict):
             return _error(400, "invalid_request_error", "There was an issue with the request body: not JSON")
+        unknown = sorted(set(body) - REQUEST_FIELDS)
+        if unknown:
+            return _error(400, "invalid_request_error", f"{unknown[0]}: Extra inputs are not permitted")
         for name, kind in (("model", str), ("max_tokens", int), ("messages", list)):
             if not isinstance(body.get(name), kind):
                 return _error(400, "invalid_request_error", f"{name}: Field required")
@@ -157,11 +170,11 @@ class FakeAnthropicServer(FakeProviderServer):
         if name == "500":
             return _error(500, "api_error", "Internal server error", rid)
         if name == "503":
-            return _error(503, "api_error", "Service unavailable", rid)
+            return _error(503, "api_error", "Service unavailable", {**rid, **self.retry_headers(scenario, None)})
         if name == "504":
             return _error(504, "timeout_error", "Gateway timeout", rid)
         if name == "529":
-            return _error(529, "overloaded_error", "Overloaded", rid)
+            return _error(529, "overloaded_error", "Overloaded", {**rid, **self.retry_headers(scenario, None)})
         raise AssertionError(f"unhandled scenario {name}")
 
     @staticmethod

@@ -135,6 +135,9 @@ class RecordedRequest:
     body: object
     raw_body: str
     scenario: str = ""
+    reply_status: int | None = None  # None: no HTTP answer (reset, or the client gave up waiting)
+    reply_body: str = ""
+    reply_headers: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -183,6 +186,9 @@ class FakeProviderServer:
         self.host = host
         self.port = port
         self.hang_seconds = hang_seconds
+        # Like a misbehaving proxy, put the rejected credential verbatim in the 401 message,
+        # so tests can prove our error messages never carry a key.
+        self.echo_key = False
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Scenario] = deque()
         self._marker_counts: dict[str, int] = {}
@@ -198,7 +204,9 @@ class FakeProviderServer:
         self._httpd = ThreadingHTTPServer((self.host, self.port), self._handler_class())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"fake-{self.provider}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-{self.provider}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -357,6 +365,10 @@ class FakeProviderServer:
                         reply = json_reply(500, {"error": {"message": f"fake: unknown scenario {scenario.name!r}"}})
                     else:
                         reply = fake.render(scenario, request, routed)
+                if not reply.action:
+                    request.reply_status = reply.status
+                    request.reply_body = reply.encoded().decode("utf-8", errors="replace")
+                    request.reply_headers = {k.lower(): v for k, v in reply.headers.items()}
                 self._send(reply)
 
             def _send(self, reply: Reply) -> None:

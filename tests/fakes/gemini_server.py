@@ -62,6 +62,34 @@ SCHEMA_FIELDS = frozenset(
     }
 )
 TYPES = frozenset({"STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"})
+# Fields of GenerateContentRequest and GenerationConfig (camelCase); anything else is a 400.
+REQUEST_FIELDS = frozenset(
+    {"contents", "tools", "toolConfig", "safetySettings", "systemInstruction", "generationConfig", "cachedContent"}
+)
+GENERATION_CONFIG_FIELDS = frozenset(
+    {
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "enableEnhancedCivicAnswers",
+        "speechConfig",
+        "thinkingConfig",
+        "imageConfig",
+        "mediaResolution",
+    }
+)
 
 USAGE = {
     "promptTokenCount": 1200,
@@ -169,11 +197,15 @@ class FakeGeminiServer(FakeProviderServer):
                 "Key or other form of API consumer identity to call this API.",
             )
         if given != self.api_key:
-            return self._api_key_invalid()
+            return self._api_key_invalid(given if self.echo_key else None)
         body = request.body
         if not isinstance(body, dict) or not isinstance(body.get("contents"), list) or not body["contents"]:
             return _error(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified")
         config = body.get("generationConfig") or body.get("generation_config") or {}
+        unknown = [k for k in body if _camel(k) not in REQUEST_FIELDS]
+        unknown += [k for k in config if _camel(k) not in GENERATION_CONFIG_FIELDS]
+        if unknown:
+            return _error(400, "INVALID_ARGUMENT", f'Invalid JSON payload received. Unknown name "{unknown[0]}"')
         problem = schema_problem(normalized_schema(request))
         if problem:
             return _error(400, "INVALID_ARGUMENT", problem, [{"@type": _TYPE + "BadRequest", "fieldViolations": []}])
@@ -186,11 +218,11 @@ class FakeGeminiServer(FakeProviderServer):
     def not_found(self, request: RecordedRequest) -> Reply:
         return _error(404, "NOT_FOUND", f"Requested entity was not found: {request.path}")
 
-    def _api_key_invalid(self) -> Reply:
+    def _api_key_invalid(self, given: str | None = None) -> Reply:
         return _error(
             400,
             "INVALID_ARGUMENT",
-            "API key not valid. Please pass a valid API key.",
+            "API key not valid. Please pass a valid API key." + (f" Key: {given}" if given else ""),
             [
                 _error_info("API_KEY_INVALID"),
                 {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": "API key not valid."},

@@ -33,6 +33,17 @@ PATH = "/v1/chat/completions"
 # Keywords OpenAI strict structured outputs refuse (string lengths among them).
 _STRICT_UNSUPPORTED = ("minLength", "maxLength", "patternProperties")
 
+# Chat Completions request fields; anything else is "Unrecognized request argument".
+REQUEST_FIELDS = frozenset(
+    {
+        "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+        "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+        "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+        "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+        "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+    }
+)  # fmt: skip
+
 USAGE = {
     "prompt_tokens": 1200,
     "completion_tokens": 350,
@@ -94,7 +105,7 @@ class FakeOpenAIServer(FakeProviderServer):
         auth = request.headers.get("authorization", "")
         if auth != f"Bearer {self.api_key}":
             given = auth.removeprefix("Bearer ").strip()
-            shown = f"{given[:3]}***{given[-4:]}" if len(given) > 8 else "***"
+            shown = given if self.echo_key else (f"{given[:3]}***{given[-4:]}" if len(given) > 8 else "***")
             return _error(
                 401,
                 f"Incorrect API key provided: {shown}. You can find your API key at "
@@ -107,6 +118,9 @@ class FakeOpenAIServer(FakeProviderServer):
             return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
         if not isinstance(body.get("model"), str) or not body["model"]:
             return _error(400, "you must provide a model parameter", "invalid_request_error", param="model")
+        unknown = sorted(set(body) - REQUEST_FIELDS)
+        if unknown:
+            return _error(400, f"Unrecognized request argument supplied: {unknown[0]}", "invalid_request_error")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "[] is too short - 'messages'", "invalid_request_error", "empty_array", "messages")
