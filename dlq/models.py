@@ -36,6 +36,8 @@ class DeadLetter(models.Model):
             models.Index(fields=["error_type", "status"], name="dlq_error_type_status"),
             models.Index(fields=["provider", "model", "status"], name="dlq_provider_model_status"),
             models.Index(fields=["job_uuid"], name="dlq_job_uuid"),
+            # retention prunes resolved entries oldest first without reading the open ones
+            models.Index(fields=["created_at", "id"], name="dlq_resolved_created", condition=~models.Q(status="open")),
         ]
 
     def __str__(self) -> str:

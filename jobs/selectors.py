@@ -32,3 +32,70 @@ def job_get(*, user: AbstractBaseUser, job_id: object, with_attempts: bool = Tru
         return qs.get(id=job_id)
     except (AIJob.DoesNotExist, ValueError):
         raise NotFound(f"job {job_id} not found") from None
+
+
+def job_metrics(*, since, until=None) -> dict:
+    """Job and attempt figures over [since, until), every number computed by the database.
+
+    Jobs count by creation time; attempts (retries, processing time, validation, errors) by start time.
+    success_rate is succeeded / (succeeded + dead): jobs still waiting or canceled decided nothing.
+    """
+    from django.db import connection
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from jobs.models import JobAttempt, JobStatus
+
+    until = until or timezone.now()
+    by_status = dict.fromkeys(JobStatus.values, 0)
+    rows = (
+        AIJob.objects.filter(created_at__gte=since, created_at__lt=until)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by("status")
+    )
+    by_status.update({status: n for status, n in rows})
+    decided = by_status[JobStatus.SUCCEEDED] + by_status[JobStatus.DEAD]
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*),
+                   count(*) FILTER (WHERE number > 1),
+                   avg(latency_ms)::float8,
+                   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms),
+                   count(validation_passed),
+                   count(*) FILTER (WHERE validation_passed)
+              FROM {JobAttempt._meta.db_table}
+             WHERE started_at >= %s AND started_at < %s
+            """,
+            [since, until],
+        )
+        attempts, retries, avg_ms, percentiles, checked, passed = cursor.fetchone()
+    p50, p95, p99 = percentiles or (None, None, None)
+    errors = (
+        JobAttempt.objects.filter(started_at__gte=since, started_at__lt=until)
+        .exclude(error_type="")
+        .values_list("error_type")
+        .annotate(n=Count("id"))
+        .order_by("error_type")
+    )
+    by_type = {error_type: n for error_type, n in errors}
+
+    def ratio(part: int, whole: int) -> float | None:
+        return round(part / whole, 4) if whole else None
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "since": since,
+        "until": until,
+        "jobs": {"total": sum(by_status.values()), "by_status": by_status},
+        "success_rate": ratio(by_status[JobStatus.SUCCEEDED], decided),
+        "attempts": attempts,
+        "retries": retries,
+        "processing_time_ms": {"avg": ms(avg_ms), "p50": ms(p50), "p95": ms(p95), "p99": ms(p99)},
+        "validation": {"checked": checked, "passed": passed, "pass_rate": ratio(passed, checked)},
+        "errors": {"total": sum(by_type.values()), "by_type": by_type},
+    }

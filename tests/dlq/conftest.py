@@ -1,0 +1,47 @@
+"""Dead letters made the real way: a job submitted through jobs.services and killed by the pipeline."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlq.models import DeadLetter
+from jobs import pipeline, services
+from jobs.models import AIJob
+
+
+def submit_failing(
+    owner,
+    *,
+    error: str = "auth",
+    fail_attempts: int = 1,
+    max_attempts: int = 1,
+    model: str = "sim-small",
+    prompt: str = "A landing page for a bakery in Lisbon",
+) -> AIJob:
+    job, created = services.job_submit(
+        owner=owner,
+        prompt=prompt,
+        provider="simulated",
+        model=model,
+        options={"simulate": {"fail_attempts": fail_attempts, "error": error}},
+        max_attempts=max_attempts,
+    )
+    assert created
+    return job
+
+
+@pytest.fixture
+def kill(redis_conn, db):
+    """Submit a job whose only attempt fails with `error` and run that attempt in this process
+    through the real pipeline (claim, provider call, classification, death + dead letter in one
+    transaction). Returns the job's open dead letter. In a test marked transaction=True the
+    on-commit work runs too (enqueue, retention); otherwise it is rolled back with the test."""
+
+    def kill(owner, *, error: str = "auth", model: str = "sim-small", prompt: str | None = None) -> DeadLetter:
+        kwargs = {"prompt": prompt} if prompt else {}
+        job = submit_failing(owner, error=error, model=model, **kwargs)
+        outcome = pipeline.run_attempt(str(job.id), job.rq_job_id)
+        assert outcome.startswith("dead"), outcome
+        return DeadLetter.objects.get(job_uuid=job.id, status="open")
+
+    return kill
