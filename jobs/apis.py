@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from aipb.api import ListParams, Pagination, StrictSerializer, parse_query
-from jobs import selectors, services
+from jobs import queue_control, selectors, services
 from jobs.catalogue import PROVIDER_IDS
 from jobs.errors import ErrorType
 from jobs.models import JobStatus, Priority
@@ -96,3 +103,85 @@ class ProviderListApi(APIView):
         from jobs.catalogue import providers_status
 
         return Response(providers_status())
+
+
+_RELATIVE_SINCE = re.compile(r"^(\d{1,7})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class JobMetricsParams(StrictSerializer):
+    since = serializers.CharField(
+        required=False,
+        max_length=64,
+        help_text="start of the window: an ISO 8601 datetime, or a duration back from now (90s, 30m, 24h, 7d); "
+        "default 24h",
+    )
+
+    def validate_since(self, value: str):
+        now = timezone.now()
+        match = _RELATIVE_SINCE.match(value.strip())
+        try:
+            if match:
+                seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                if seconds <= 0:
+                    raise serializers.ValidationError("the window must be longer than zero")
+                since = now - timedelta(seconds=seconds)
+            else:
+                since = parse_datetime(value.strip())
+                if since is None:
+                    raise serializers.ValidationError(
+                        "must be an ISO 8601 datetime or a duration such as 90s, 30m, 24h or 7d"
+                    )
+                if timezone.is_naive(since):
+                    since = timezone.make_aware(since, timezone.get_current_timezone())
+        except (ValueError, OverflowError):
+            raise serializers.ValidationError("is out of range") from None
+        if since >= now:
+            raise serializers.ValidationError("must be in the past")
+        return since
+
+
+class JobMetricsApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(parameters=[JobMetricsParams], responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        params = parse_query(JobMetricsParams, request)
+        since = params.get("since") or timezone.now() - timedelta(hours=24)
+        return Response(selectors.job_metrics(since=since))
+
+
+# --- queue control (staff only) ---
+
+
+class QueuePauseInput(StrictSerializer):
+    reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class QueueStatusApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Queue sizes per status, paused or not, workers")
+    def get(self, request):
+        parse_query(StrictSerializer, request)  # no parameters: an unknown one is a 400
+        return Response(queue_control.queue_status())
+
+
+class QueuePauseApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=QueuePauseInput, responses=OpenApiTypes.OBJECT, summary="Stop every worker taking jobs")
+    def post(self, request):
+        data = QueuePauseInput(data=request.data if request.data else {})
+        data.is_valid(raise_exception=True)
+        return Response(queue_control.queue_pause(by=request.user.get_username(), **data.validated_data))
+
+
+class QueueResumeApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Let workers take jobs again")
+    def post(self, request):
+        if request.data:
+            raise serializers.ValidationError({"non_field_errors": ["resume takes no body"]})
+        return Response(queue_control.queue_resume(by=request.user.get_username()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -533,3 +534,64 @@ def _recover_expired(job_id, now: datetime) -> str:
     dead_letter(job=job, classified=error)
     transaction.on_commit(partial(_count_final, job.provider, job.model, JobStatus.DEAD))
     return "dead"
+
+
+# --- bulk operator actions ---
+
+BULK_RETRY_STATUSES = (JobStatus.DEAD, JobStatus.CANCELED)
+
+
+@dataclass
+class BulkRetryReport:
+    matched: int  # jobs the filter selected
+    retried: list[str]  # put back on the queue
+    conflicted: list[str]  # changed state meanwhile (retried by someone else, deleted); left alone
+    dry_run: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "matched": self.matched,
+            "retried": self.retried,
+            "conflicted": self.conflicted,
+            "dry_run": self.dry_run,
+        }
+
+
+def jobs_retry_bulk(
+    *,
+    status: str = JobStatus.DEAD,
+    error_type: str | None = None,
+    since: datetime | None = None,
+    dry_run: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BulkRetryReport:
+    """Retry every job in `status` (dead or canceled), optionally of one error type and finished since a time.
+
+    Each job goes through job_retry in its own transaction (a fresh attempt budget, its dead letters
+    resolved, enqueued on commit), so a job that changed meanwhile is counted as a conflict, never retried twice.
+    """
+    from jobs.errors import ErrorType
+
+    if status not in BULK_RETRY_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(BULK_RETRY_STATUSES)}")
+    if error_type is not None and error_type not in ErrorType.values:
+        raise InvalidInput(f"error type must be one of {', '.join(ErrorType.values)}")
+    qs = AIJob.objects.filter(status=status)
+    if error_type is not None:
+        qs = qs.filter(error_type=error_type)
+    if since is not None:
+        qs = qs.filter(finished_at__gte=since)
+    job_ids = list(qs.order_by("finished_at", "id").values_list("id", flat=True))
+    report = BulkRetryReport(matched=len(job_ids), retried=[], conflicted=[], dry_run=dry_run)
+    if dry_run:
+        report.retried = [str(job_id) for job_id in job_ids]
+        return report
+    for done, job_id in enumerate(job_ids, start=1):
+        try:
+            job_retry(job_id=job_id)
+            report.retried.append(str(job_id))
+        except (Conflict, NotFound):
+            report.conflicted.append(str(job_id))
+        if on_progress is not None:
+            on_progress(done, len(job_ids))
+    return report

@@ -8,4 +8,8 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/retry", apis.JobRetryApi.as_view(), name="job-retry"),
     path("jobs/<uuid:job_id>/cancel", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("providers", apis.ProviderListApi.as_view(), name="provider-list"),
+    path("jobs/metrics", apis.JobMetricsApi.as_view(), name="job-metrics"),
+    path("queue", apis.QueueStatusApi.as_view(), name="queue-status"),
+    path("queue/pause", apis.QueuePauseApi.as_view(), name="queue-pause"),
+    path("queue/resume", apis.QueueResumeApi.as_view(), name="queue-resume"),
 ]
