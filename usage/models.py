@@ -21,7 +21,14 @@ class ModelPrice(models.Model):
     class Meta:
         ordering = ("provider", "model", "-effective_from")
         constraints = [
-            models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="modelprice_unique_from")
+            models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="modelprice_unique_from"),
+            models.CheckConstraint(
+                condition=models.Q(input_per_million__gte=0)
+                & models.Q(output_per_million__gte=0)
+                & (models.Q(cached_input_per_million__isnull=True) | models.Q(cached_input_per_million__gte=0))
+                & (models.Q(cache_write_per_million__isnull=True) | models.Q(cache_write_per_million__gte=0)),
+                name="modelprice_non_negative",
+            ),
         ]
         indexes = [models.Index(fields=["provider", "model", "-effective_from"], name="modelprice_lookup")]
 

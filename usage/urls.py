@@ -1,3 +1,10 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from usage import apis
+
+urlpatterns = [
+    path("usage/report", apis.UsageReportApi.as_view(), name="usage-report"),
+    path("usage/current-month", apis.UsageCurrentMonthApi.as_view(), name="usage-current-month"),
+    path("usage/last-n-days", apis.UsageLastNDaysApi.as_view(), name="usage-last-n-days"),
+    path("usage/prices", apis.PriceListApi.as_view(), name="usage-prices"),
+]

@@ -1,0 +1,306 @@
+"""Admin: TokenUsage read-only; ModelPrice edits add a new row (history kept); this month's spend page."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, Max, Min, OuterRef, QuerySet
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+
+from aipb.exceptions import ServiceError
+from jobs import catalogue
+from usage import reports, services
+from usage.models import ModelPrice, TokenUsage
+
+# --- TokenUsage ---
+
+
+class ProviderFilter(admin.SimpleListFilter):
+    """Choices from the catalogue, not a DISTINCT over the whole table."""
+
+    title = "provider"
+    parameter_name = "provider"
+
+    def lookups(self, request, model_admin):
+        return [(provider, provider) for provider in catalogue.PROVIDER_IDS]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(provider=self.value()) if self.value() else queryset
+
+
+class ModelFilter(admin.SimpleListFilter):
+    title = "model"
+    parameter_name = "model"
+
+    def lookups(self, request, model_admin):
+        provider = request.GET.get("provider")
+        return [(m.name, m.name) for m in catalogue.MODELS if not provider or m.provider == provider]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(model=self.value()) if self.value() else queryset
+
+
+class PricedFilter(admin.SimpleListFilter):
+    title = "cost"
+    parameter_name = "priced"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "priced"), ("no", "unpriced")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(cost__isnull=self.value() == "no")
+        return queryset
+
+
+class DateHierarchyQuerySet(QuerySet):
+    """The date hierarchy's year and month links from MIN/MAX (two index probes) instead of a
+    DISTINCT over every row in view, which grows with the table. A year or month without rows may
+    be offered; following it shows an empty list."""
+
+    def datetimes(self, field_name, kind, order="ASC", tzinfo=None):
+        if kind not in ("year", "month"):
+            return super().datetimes(field_name, kind, order, tzinfo)
+        bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
+        if bounds["first"] is None:
+            return []
+        first, last = (timezone.localtime(bounds[k]) for k in ("first", "last"))
+        step = first.replace(
+            month=1 if kind == "year" else first.month, day=1, hour=0, minute=0, second=0, microsecond=0
+        )
+        out = []
+        while step <= last:
+            out.append(step)
+            if kind == "year":
+                step = step.replace(year=step.year + 1)
+            else:
+                step = step.replace(year=step.year + (step.month == 12), month=step.month % 12 + 1)
+        return out if order == "ASC" else out[::-1]
+
+
+@admin.register(TokenUsage)
+class TokenUsageAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "owner",
+        "provider",
+        "model",
+        "job_id",
+        "attempt",
+        "prompt_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "completion_tokens",
+        "cost_usd",
+    )
+    list_filter = (ProviderFilter, ModelFilter, PricedFilter, "created_at")
+    date_hierarchy = "created_at"
+    search_fields = ("=owner__username",)
+    search_help_text = "exact username"
+    list_select_related = ("owner",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facet counts are a COUNT per filter choice over a large table
+    list_per_page = 100
+    ordering = ("-created_at",)
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        return DateHierarchyQuerySet(model=qs.model, query=qs.query, using=qs.db)
+
+    @admin.display(description="cost (USD)", ordering="cost")
+    def cost_usd(self, obj: TokenUsage) -> str:
+        return "unpriced" if obj.cost is None else str(obj.cost)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        spend = path("spend/", self.admin_site.admin_view(self.spend_view), name="usage_tokenusage_spend")
+        return [spend, *super().get_urls()]
+
+    def spend_view(self, request):
+        """This UTC month's spend by provider and by day, as bars (inline SVG and CSS, no scripts)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        summary = reports.month_to_date_summary()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Spend {summary['start']} to {summary['end']} (UTC)",
+            "summary": summary,
+            "providers": _provider_bars(summary["by_provider"]),
+            "chart": _day_chart(summary["by_date"]),
+            "changelist_url": reverse("admin:usage_tokenusage_changelist"),
+            "prices_url": reverse("admin:usage_modelprice_changelist"),
+        }
+        return TemplateResponse(request, "admin/usage/spend.html", context)
+
+
+def _provider_bars(by_provider: dict) -> list[dict]:
+    top = max((Decimal(t["estimated_cost"]) for t in by_provider.values()), default=Decimal(0))
+    return [
+        {
+            "name": name,
+            "totals": totals,
+            "percent": _percent(Decimal(totals["estimated_cost"]), top),
+        }
+        for name, totals in sorted(by_provider.items(), key=lambda item: -Decimal(item[1]["estimated_cost"]))
+    ]
+
+
+CHART_HEIGHT = 160
+BAR_PITCH = 22
+
+
+def _day_chart(by_date: dict) -> dict:
+    top = max((Decimal(t["estimated_cost"]) for t in by_date.values()), default=Decimal(0))
+    bars = []
+    for index, (day, totals) in enumerate(by_date.items()):
+        height = int(_percent(Decimal(totals["estimated_cost"]), top) * CHART_HEIGHT / 100)
+        bars.append(
+            {
+                "day": day,
+                "label": day[8:],
+                "totals": totals,
+                "x": index * BAR_PITCH + 2,
+                "label_x": index * BAR_PITCH + BAR_PITCH // 2,
+                "y": CHART_HEIGHT - height,
+                "height": height,
+            }
+        )
+    return {
+        "bars": bars,
+        "width": max(len(bars), 1) * BAR_PITCH,
+        "height": CHART_HEIGHT,
+        "label_y": CHART_HEIGHT + 14,
+        "max_cost": reports.money(top),
+        "bar_width": BAR_PITCH - 4,
+    }
+
+
+def _percent(value: Decimal, top: Decimal) -> float:
+    return 0.0 if top <= 0 else round(float(value / top * 100), 1)
+
+
+# --- ModelPrice ---
+
+
+class ModelPriceForm(forms.ModelForm):
+    class Meta:
+        model = ModelPrice
+        fields = (
+            "provider",
+            "model",
+            "input_per_million",
+            "output_per_million",
+            "cached_input_per_million",
+            "cache_write_per_million",
+            "effective_from",
+        )
+        help_texts = {
+            "input_per_million": "USD per million input tokens",
+            "output_per_million": "USD per million output tokens",
+            "cached_input_per_million": "USD per million cached input tokens; empty = the input price",
+            "cache_write_per_million": "USD per million cache-write tokens; empty = the input price",
+            "effective_from": "UTC; empty = now. Saving always adds a new price row; the old one is kept. "
+            "It cannot take effect before usage already recorded for the model (that is never repriced).",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "provider" in self.fields:  # absent on edit, where provider and model are read-only
+            self.fields["provider"] = forms.ChoiceField(choices=[(p, p) for p in catalogue.PROVIDER_IDS])
+        # An edit is a new price from the moment it is saved (not the old row's date, nor the moment the
+        # form was opened: a busy model records usage meanwhile, and a price may not predate recorded usage).
+        self.fields["effective_from"].required = False
+        self.initial["effective_from"] = None
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        provider = cleaned.get("provider", self.instance.provider)
+        model = cleaned.get("model", self.instance.model)
+        prices = {name: cleaned.get(name) for name in services.PRICE_FIELDS}
+        if self.instance.pk and all(prices[name] == getattr(self.instance, name) for name in prices):
+            raise forms.ValidationError("No price changed: a new row is only added when a price changes.")
+        try:
+            self.price = services.price_validate(
+                provider=provider, model=model, effective_from=cleaned.get("effective_from"), **prices
+            )
+        except ServiceError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return cleaned
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    form = ModelPriceForm
+    list_display = (
+        "provider",
+        "model",
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "cache_write_per_million",
+        "effective_from",
+        "status",
+    )
+    list_filter = ("provider",)
+    search_fields = ("model",)
+    ordering = ("provider", "model", "-effective_from")
+    list_per_page = 200
+
+    def get_queryset(self, request):
+        now = timezone.now()
+        newer = ModelPrice.objects.filter(
+            provider=OuterRef("provider"),
+            model=OuterRef("model"),
+            effective_from__gt=OuterRef("effective_from"),
+            effective_from__lte=now,
+        )
+        return super().get_queryset(request).annotate(superseded=Exists(newer))
+
+    @admin.display(description="status")
+    def status(self, obj: ModelPrice) -> str:
+        if obj.effective_from > timezone.now():
+            return "scheduled"
+        return "superseded" if getattr(obj, "superseded", False) else "in force"
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("provider", "model", "created_at") if obj else ()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # price history is what recorded costs were computed with
+
+    def save_model(self, request, obj, form, change):
+        """Never an UPDATE: the edited values become a new row with their own effective_from."""
+        price = services.price_set(
+            provider=form.price.provider,
+            model=form.price.model,
+            input_per_million=form.price.input_per_million,
+            output_per_million=form.price.output_per_million,
+            cached_input_per_million=form.price.cached_input_per_million,
+            cache_write_per_million=form.price.cache_write_per_million,
+            effective_from=form.price.effective_from,
+        )
+        for field in ModelPrice._meta.concrete_fields:  # the admin logs and links the row just added
+            setattr(obj, field.attname, getattr(price, field.attname))
+        obj._state.adding = False
+        if change:
+            messages.info(
+                request,
+                f"Added a new price for {price.provider}/{price.model} effective from "
+                f"{price.effective_from:%Y-%m-%d %H:%M:%S} UTC; the previous price row is kept.",
+            )

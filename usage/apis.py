@@ -1,0 +1,193 @@
+"""Usage endpoints: parse, call one report, serialize (JSON) or stream (CSV).
+
+Staff see everyone's usage and may filter by ``user``; anyone else gets only their own usage
+(``user`` ignored). Every parameter is checked before anything is computed.
+"""
+
+from __future__ import annotations
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import IsAdminUser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from aipb.api import StrictSerializer, parse_query
+from jobs.catalogue import PROVIDER_IDS
+from usage import reports, selectors
+
+FORMATS = ("json", "csv")
+
+
+class JsonErrorsNegotiation(BaseContentNegotiation):
+    """JSON for the body and every error; the view itself picks CSV from ``format`` or ``Accept``.
+
+    DRF's default would answer ``?format=xml`` with a 404 and ``Accept: text/csv`` with a 406
+    before the view could say what is wrong.
+    """
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        renderer = JSONRenderer()
+        return renderer, renderer.media_type
+
+
+def wants_csv(request, fmt: str | None) -> bool:
+    if fmt:
+        return fmt == "csv"
+    for item in request.headers.get("Accept", "").split(","):
+        media = item.split(";", 1)[0].strip().lower()
+        if media == "text/csv":
+            return True
+        if media in ("application/json", "*/*", "application/*"):
+            return False
+    return False
+
+
+class FilterParams(StrictSerializer):
+    provider = serializers.ChoiceField(choices=PROVIDER_IDS, required=False)
+    model = serializers.CharField(max_length=200, required=False)
+    user = serializers.CharField(max_length=150, required=False, help_text="username; staff only, else ignored")
+    top = serializers.IntegerField(min_value=1, max_value=reports.MAX_TOP, required=False, default=reports.DEFAULT_TOP)
+    format = serializers.ChoiceField(choices=FORMATS, required=False)
+
+
+class ReportParams(FilterParams):
+    start = serializers.DateField(required=False, help_text="YYYY-MM-DD (UTC); default the 1st of end's month")
+    end = serializers.DateField(required=False, help_text="YYYY-MM-DD (UTC), inclusive; default today")
+
+
+class LastNDaysParams(FilterParams):
+    days = serializers.IntegerField(
+        min_value=1, max_value=reports.MAX_RANGE_DAYS, required=False, default=reports.DEFAULT_DAYS
+    )
+
+
+class TotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    estimated_cost = serializers.CharField(help_text="USD, 6 decimals")
+    unpriced_requests = serializers.IntegerField()
+
+
+class TopUserSerializer(serializers.Serializer):
+    user = serializers.CharField()
+    requests = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    estimated_cost = serializers.CharField()
+
+
+class ReportSerializer(serializers.Serializer):
+    """Documents the report body (built by usage.reports.usage_report)."""
+
+    start = serializers.DateField()
+    end = serializers.DateField()
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    total_estimated_cost = serializers.CharField(help_text="USD, 6 decimals")
+    unpriced_requests = serializers.IntegerField()
+    by_provider = serializers.DictField(child=TotalsSerializer())
+    by_model = serializers.DictField(child=TotalsSerializer())
+    by_user = serializers.DictField(child=TotalsSerializer())
+    by_date = serializers.DictField(child=TotalsSerializer())
+    top_users = TopUserSerializer(many=True)
+
+
+_REPORT_RESPONSES = {
+    (200, "application/json"): ReportSerializer,
+    (200, "text/csv"): OpenApiResponse(
+        response=OpenApiTypes.STR, description="header, then one line per date, provider, model and user"
+    ),
+}
+
+
+class _UsageReportBase(APIView):
+    content_negotiation_class = JsonErrorsNegotiation
+
+    def respond(self, request, params: dict, start, end):
+        """Filters validated here (user lookup included) before the report runs."""
+        staff = request.user.is_staff
+        filters = reports.report_filters(
+            start=start,
+            end=end,
+            provider=params.get("provider"),
+            model=params.get("model"),
+            username=params.get("user") if staff else None,
+            owner_id=None if staff else request.user.pk,
+        )
+        if wants_csv(request, params.get("format")):
+            response = StreamingHttpResponse(
+                reports.csv_stream(filters=filters), content_type="text/csv; charset=utf-8"
+            )
+            response["Content-Disposition"] = f'attachment; filename="usage-{start.isoformat()}-{end.isoformat()}.csv"'
+            return response
+        return Response(reports.usage_report(filters=filters, top=params["top"]))
+
+
+class UsageReportApi(_UsageReportBase):
+    @extend_schema(parameters=[ReportParams], responses=_REPORT_RESPONSES)
+    def get(self, request):
+        params = parse_query(ReportParams, request)
+        start, end = reports.range_between(start=params.get("start"), end=params.get("end"))
+        return self.respond(request, params, start, end)
+
+
+class UsageCurrentMonthApi(_UsageReportBase):
+    @extend_schema(parameters=[FilterParams], responses=_REPORT_RESPONSES)
+    def get(self, request):
+        params = parse_query(FilterParams, request)
+        start, end = reports.range_month_to_date()
+        return self.respond(request, params, start, end)
+
+
+class UsageLastNDaysApi(_UsageReportBase):
+    @extend_schema(parameters=[LastNDaysParams], responses=_REPORT_RESPONSES)
+    def get(self, request):
+        params = parse_query(LastNDaysParams, request)
+        start, end = reports.range_last_n_days(days=params["days"])
+        return self.respond(request, params, start, end)
+
+
+class PriceParams(StrictSerializer):
+    history = serializers.BooleanField(required=False, default=False)
+
+
+class PriceSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    input_per_million = serializers.CharField()
+    output_per_million = serializers.CharField()
+    cached_input_per_million = serializers.CharField(allow_null=True)
+    cache_write_per_million = serializers.CharField(allow_null=True)
+    effective_from = serializers.DateTimeField()
+
+
+class PriceListSerializer(serializers.Serializer):
+    prices = PriceSerializer(many=True)
+    unpriced = serializers.ListField(child=serializers.DictField())
+
+
+class PriceListApi(APIView):
+    """Staff only: prices in force (and scheduled), or the whole history with ``history=true``."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(parameters=[PriceParams], responses=PriceListSerializer)
+    def get(self, request):
+        params = parse_query(PriceParams, request)
+        prices = selectors.price_list(history=params["history"])
+        return Response(
+            {
+                "prices": [selectors.price_as_dict(price) for price in prices],
+                "unpriced": [{"provider": p, "model": m} for p, m in selectors.unpriced_models()],
+            }
+        )
