@@ -170,6 +170,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two models have a `status` field: name each enum, so neither becomes "Status9c3Enum".
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "DeadLetterStatusEnum": "dlq.models.DeadLetterStatus",
+    },
 }
 
 # Request bodies: 1 MiB is far above the largest valid job (20,000-character prompt + options).
@@ -209,9 +214,9 @@ GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 # prometheus_client multiprocess mode (gunicorn workers, RQ workers and their work-horses on one host
 # share this directory; empty it before they start). Installed here, before any metric exists, so
-# every metric value uses monitoring.multiprocess's bounded file naming.
+# every metric value uses aipb.prometheus_multiprocess's bounded file naming.
 if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-    from monitoring.multiprocess import install as _install_multiprocess_metrics
+    from aipb.prometheus_multiprocess import install as _install_multiprocess_metrics
 
     _install_multiprocess_metrics(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 

@@ -7,8 +7,13 @@ Django's database connections honest around each job.
 
 from __future__ import annotations
 
+import os
+
 from django.db import close_old_connections, connections
+from rq.suspension import is_suspended
 from rq.worker import SimpleWorker, Worker
+
+from aipb import prometheus_multiprocess as multiprocess
 
 # Connections a work-horse inherited from its parent. Closing one in the child would end
 # the parent's session (libpq sends Terminate on the shared socket), so the horse keeps a
@@ -23,8 +28,36 @@ def _forget_inherited_connections() -> None:
             conn.connection = None
 
 
-class AIPBWorker(Worker):
+class PauseAwareMixin:
+    """RQ checks its suspension flag (`queue pause`) only between jobs, so an idle worker blocked
+    in BLPOP would still take the first job pushed after a pause. Hand such a job back to the
+    front of its queue untouched and wait for the resume (a burst worker stops instead)."""
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        while True:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is None or not is_suspended(self.connection):
+                return result
+            job, queue = result
+            with self.connection.pipeline() as pipe:
+                if len(self.queues) == 1:  # popped with LMOVE into RQ's intermediate queue
+                    pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+                pipe.execute()
+            self.log.info("Worker %s: paused; handed job %s back to %s", self.name, job.id, queue.name)
+            self.check_for_suspension(burst=timeout is None)
+
+
+class AIPBWorker(PauseAwareMixin, Worker):
+    _worker_pid = 0
+
+    def fork_work_horse(self, job, queue):
+        self._worker_pid = os.getpid()
+        super().fork_work_horse(job, queue)
+
     def perform_job(self, *args, **kwargs):  # runs in the forked work-horse
+        # metric files under the worker's one horse slot, not a new set per job (aipb.prometheus_multiprocess)
+        multiprocess.enter_work_horse(worker_pid=self._worker_pid or os.getpid())
         _forget_inherited_connections()
         try:
             return super().perform_job(*args, **kwargs)
@@ -33,7 +66,7 @@ class AIPBWorker(Worker):
             connections.close_all()
 
 
-class AIPBSimpleWorker(SimpleWorker):
+class AIPBSimpleWorker(PauseAwareMixin, SimpleWorker):
     def perform_job(self, *args, **kwargs):
         close_old_connections()
         try:

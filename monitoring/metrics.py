@@ -2,8 +2,14 @@
 
 Counters and histograms are written by whichever process does the work (gunicorn
 workers, RQ work-horses); with PROMETHEUS_MULTIPROC_DIR set, prometheus_client keeps
-them in per-process files that /metrics aggregates. Scrape-time gauges (queue sizes,
-DLQ, workers) live in monitoring.collectors and read Redis or a bounded query.
+them in per-process files that /metrics aggregates (aipb.prometheus_multiprocess keeps the
+number of files bounded). Scrape-time gauges (queue sizes, DLQ, workers, validation pass
+rate, build info) live in monitoring.collectors and read Redis or a bounded query; none of
+them is a prometheus_client Gauge, so none needs a multiprocess mode. A Gauge added here
+must name its ``multiprocess_mode`` explicitly (tests/monitoring/test_metrics.py checks).
+
+The helpers run after the pipeline's transaction commits, so a rolled-back attempt is
+never counted.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from prometheus_client import Counter, Histogram
+
+from monitoring import validation_window
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300)
 
@@ -53,6 +61,7 @@ def attempt_finished(
         ERRORS.labels(provider, model, error_type).inc()
     if validation_passed is not None:
         VALIDATION.labels(provider, model, "pass" if validation_passed else "fail").inc()
+        validation_window.record(passed=validation_passed)  # ai_jobs_validation_pass_rate
 
 
 def retry_scheduled(*, provider: str, model: str) -> None:
