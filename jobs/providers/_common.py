@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
 from jobs import catalogue
-from jobs.providers.base import CallContext
+from jobs.providers.base import CallContext, Provider, ProviderError, Usage
 
 # Error messages are stored on attempts, shown in the admin and the API, and logged.
 # A provider (or a proxy in front of it) may echo the credential back, so anything
@@ -133,3 +133,35 @@ def option_float(ctx: CallContext, name: str, *, minimum: float = 0.0, maximum: 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if minimum <= value <= maximum else None
+
+
+class SDKProvider(Provider):
+    """A provider on an official SDK: every failure becomes a ProviderError whose message never holds the key."""
+
+    label = ""  # message prefix, e.g. "openai"
+    _key = ""
+
+    def _error(
+        self,
+        text: str,
+        status: int | None = None,
+        code: str | None = None,
+        rid: str | None = None,
+        usage: Usage | None = None,
+        *,
+        transport: str | None = None,
+        retry_after: float | None = None,
+    ) -> ProviderError:
+        return ProviderError(
+            clip(redact(f"{self.label}: {text}", self._key)),
+            provider=self.id,
+            status=status,
+            code=code,
+            transport=transport,
+            retry_after=retry_after,
+            request_id=rid,
+            usage=usage,
+        )
+
+    def _malformed(self, detail: str, request_id: str | None) -> ProviderError:
+        return self._error(f"malformed response: {detail}", status=200, code="malformed_response", rid=request_id)

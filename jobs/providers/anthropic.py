@@ -23,16 +23,16 @@ from anthropic.types import Message
 from django.conf import settings
 
 from jobs.providers._common import (
+    SDKProvider,
     api_model_id,
     as_int,
     call_timeout,
     clip,
     option_int,
-    redact,
     retry_after_from_headers,
     retry_after_from_message,
 )
-from jobs.providers.base import CallContext, Provider, ProviderError, ProviderResponse, Usage
+from jobs.providers.base import CallContext, ProviderError, ProviderResponse, Usage
 from jobs.providers.prompting import SYSTEM_PROMPT, user_message
 from jobs.schema import model_schema
 
@@ -40,7 +40,8 @@ TOOL_NAME = "emit_page"
 DEFAULT_MAX_TOKENS = 4096  # the output ceiling of the Claude 3 models in the catalogue
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(SDKProvider):
+    label = "anthropic"
     id = "anthropic"
 
     def __init__(self) -> None:
@@ -125,31 +126,6 @@ class AnthropicProvider(Provider):
             retry_after = retry_after_from_message(detail)
         text = f"HTTP {exc.status_code}" + (f" {code}" if code else "") + (f": {detail}" if detail else "")
         return self._error(text, exc.status_code, code, request_id, retry_after=retry_after)
-
-    def _malformed(self, detail: str, request_id: str | None) -> ProviderError:
-        return self._error(f"malformed response: {detail}", status=200, code="malformed_response", rid=request_id)
-
-    def _error(
-        self,
-        text: str,
-        status: int | None = None,
-        code: str | None = None,
-        rid: str | None = None,
-        usage: Usage | None = None,
-        *,
-        transport: str | None = None,
-        retry_after: float | None = None,
-    ) -> ProviderError:
-        return ProviderError(
-            clip(redact(f"anthropic: {text}", self._key)),
-            provider=self.id,
-            status=status,
-            code=code,
-            transport=transport,
-            retry_after=retry_after,
-            request_id=rid,
-            usage=usage,
-        )
 
 
 def _text(value: object) -> str | None:

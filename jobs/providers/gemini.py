@@ -27,18 +27,17 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from jobs.providers._common import (
+    SDKProvider,
     api_model_id,
     as_int,
     call_timeout,
-    clip,
     option_float,
     option_int,
     parse_duration,
-    redact,
     retry_after_from_headers,
     retry_after_from_message,
 )
-from jobs.providers.base import CallContext, Provider, ProviderError, ProviderResponse, Usage
+from jobs.providers.base import CallContext, ProviderError, ProviderResponse, Usage
 from jobs.providers.prompting import SYSTEM_PROMPT, user_message
 from jobs.schema import PAGE_SCHEMA
 
@@ -166,7 +165,8 @@ def to_gemini_schema(schema: dict) -> dict:
 GEMINI_PAGE_SCHEMA = to_gemini_schema(PAGE_SCHEMA)
 
 
-class GeminiProvider(Provider):
+class GeminiProvider(SDKProvider):
+    label = "google"
     id = "google"
 
     def __init__(self) -> None:
@@ -276,28 +276,6 @@ class GeminiProvider(Provider):
             text += f" [quota: {', '.join(dict.fromkeys(quotas))}]"
         text += f": {message}" if message else ""
         return self._error(text, http_status, code, request_id, retry_after=retry_after)
-
-    def _error(
-        self,
-        text: str,
-        status: int | None = None,
-        code: str | None = None,
-        rid: str | None = None,
-        usage: Usage | None = None,
-        *,
-        transport: str | None = None,
-        retry_after: float | None = None,
-    ) -> ProviderError:
-        return ProviderError(
-            clip(redact(f"google: {text}", self._key)),
-            provider=self.id,
-            status=status,
-            code=code,
-            transport=transport,
-            retry_after=retry_after,
-            request_id=rid,
-            usage=usage,
-        )
 
 
 def _has_str(item: object, key: str) -> bool:
