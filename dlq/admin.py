@@ -14,6 +14,7 @@ from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
 
+from aipb.admin_mixins import StaffReadOnlyMixin
 from aipb.exceptions import ServiceError
 from dlq import selectors, services
 from dlq.models import DeadLetter
@@ -32,12 +33,8 @@ ATTEMPT_COLUMNS = (
 )
 
 
-def _is_staff(request) -> bool:
-    return bool(request.user.is_active and request.user.is_staff)
-
-
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "job_uuid",
@@ -76,23 +73,6 @@ class DeadLetterAdmin(admin.ModelAdmin):
         "snapshot",
     )
     readonly_fields = fields
-
-    # --- staff only, read-only ---
-
-    def has_module_permission(self, request):
-        return _is_staff(request)
-
-    def has_view_permission(self, request, obj=None):
-        return _is_staff(request)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)

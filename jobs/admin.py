@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.html import format_html
 
+from aipb.admin_mixins import StaffReadOnlyMixin
 from aipb.exceptions import NotFound, ServiceError
 from jobs import services
 from jobs.management.output import age
@@ -27,11 +28,7 @@ _HEX_PREFIX = re.compile(r"^[0-9a-f]{4,}-?[0-9a-f-]*$")
 _PRE = "<pre style='white-space: pre-wrap; margin: 0; max-height: 40em; overflow: auto'>{}</pre>"
 
 
-def _is_staff(request) -> bool:
-    return bool(request.user.is_active and request.user.is_staff)
-
-
-class JobAttemptInline(admin.TabularInline):
+class JobAttemptInline(StaffReadOnlyMixin, admin.TabularInline):
     model = JobAttempt
     extra = 0
     can_delete = False
@@ -53,21 +50,9 @@ class JobAttemptInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ("number",)
 
-    def has_view_permission(self, request, obj=None):
-        return _is_staff(request)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(AIJob)
-class AIJobAdmin(admin.ModelAdmin):
+class AIJobAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "status",
@@ -137,23 +122,6 @@ class AIJobAdmin(admin.ModelAdmin):
         "deliveries",
         "updated_at",
     )
-
-    # --- staff only; rows change through the services only ---
-
-    def has_module_permission(self, request):
-        return _is_staff(request)
-
-    def has_view_permission(self, request, obj=None):
-        return _is_staff(request)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # Django's delete would bypass the services; the action below does not
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)
