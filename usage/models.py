@@ -37,7 +37,8 @@ class ModelPrice(models.Model):
 
 
 class TokenUsage(models.Model):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="token_usage")
+    # Billing records outlive accounts: a user with usage cannot be deleted (deactivate them instead).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="token_usage")
     job = models.ForeignKey("jobs.AIJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
     attempt = models.PositiveIntegerField()
     provider = models.CharField(max_length=20)

@@ -227,3 +227,12 @@ def test_prices_load_rejects_malformed_files(prices, data, message):
     with pytest.raises(InvalidInput, match=message):
         services.prices_load(data=data)
     assert ModelPrice.objects.count() == count
+
+
+def test_a_user_with_usage_cannot_be_deleted_so_spend_history_survives(prices, user):
+    from django.db.models import ProtectedError
+
+    record(user, provider="openai", model="gpt-4o", prompt=1000, completion=10, at=utc(2025, 5, 1, 12))
+    with pytest.raises(ProtectedError):
+        user.delete()
+    assert TokenUsage.objects.filter(owner=user).count() == 1
