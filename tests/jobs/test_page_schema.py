@@ -465,3 +465,19 @@ def test_model_schema_without_string_lengths_or_refs_still_describes_the_page():
     page["title"] = "x" * 201
     assert validator.is_valid(page)
     assert validate_page(page) != []
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [case[1:] for case in BROKEN_PAGES], ids=[c[0] for c in BROKEN_PAGES])
+def test_the_compiled_fast_path_agrees_with_jsonschema(mutate, expected):
+    import fastjsonschema
+
+    from jobs.schema import _VALIDATOR, _fast_check
+
+    page = sample_page()
+    assert _VALIDATOR.is_valid(page)
+    _fast_check(page)
+    broken = sample_page()
+    mutate(broken)
+    assert not _VALIDATOR.is_valid(broken)
+    with pytest.raises(fastjsonschema.JsonSchemaException):
+        _fast_check(broken)
