@@ -35,17 +35,26 @@ def backoff_seconds(*, attempt_in_budget: int, retry_after: float | None = None)
     return delay
 
 
-def run_attempt(job_id: str, rq_job_id: str) -> str:
-    """Run one delivery of a job. Returns what happened, for the RQ result and logs."""
-    job = AIJob.objects.filter(id=job_id).first()
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RETRYING) or job.rq_job_id != rq_job_id:
-        return "skipped: nothing to claim"
+def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str:
+    """Run one delivery of a job. Returns what happened, for the RQ result and logs.
 
-    decision = ratelimit.acquire(provider=job.provider)
+    With the provider carried by the delivery, the token is taken before any database work and
+    the claim is the first statement; older deliveries without it read the row first.
+    """
+    if provider is None:
+        job = _waiting_job(job_id, rq_job_id)
+        if job is None:
+            return "skipped: nothing to claim"
+        provider = job.provider
+
+    decision = ratelimit.acquire(provider=provider)
     if not decision.allowed:
+        job = _waiting_job(job_id, rq_job_id)
+        if job is None:
+            return "skipped: nothing to claim"
         delay = max(decision.wait_seconds, 0.05) + random.uniform(0, settings.AI_RATE_LIMIT_RETRY_SECONDS)
         if services.job_reschedule_delivery(job=job, rq_job_id=rq_job_id, delay=delay):
-            metrics.rate_limited(provider=job.provider)
+            metrics.rate_limited(provider=provider)
             return f"throttled: re-scheduled in {delay:.2f}s"
         return "skipped: nothing to claim"
 
@@ -53,6 +62,13 @@ def run_attempt(job_id: str, rq_job_id: str) -> str:
     if job is None:
         return "skipped: claimed elsewhere"
     return _attempt(job)
+
+
+def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
+    job = AIJob.objects.filter(id=job_id).first()
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RETRYING) or job.rq_job_id != rq_job_id:
+        return None
+    return job
 
 
 def _attempt(job: AIJob) -> str:

@@ -33,8 +33,11 @@ def _run_at(delay: float) -> datetime:
     return at
 
 
-def enqueue_delivery(*, job_id: str, rq_job_id: str, priority: str, delay: float = 0.0) -> None:
-    """Put one delivery of a job on its queue; the RQ job carries only ids."""
+def enqueue_delivery(
+    *, job_id: str, rq_job_id: str, priority: str, provider: str | None = None, delay: float = 0.0
+) -> None:
+    """Put one delivery of a job on its queue; the RQ job carries ids (and the provider, so the worker
+    can take a rate-limit token before it touches the database)."""
     queue = get_queue(queue_name(priority))
     kwargs = {
         "job_id": rq_job_id,
@@ -44,6 +47,6 @@ def enqueue_delivery(*, job_id: str, rq_job_id: str, priority: str, delay: float
         "description": f"ai job {job_id}",
     }
     if delay > 0:
-        queue.enqueue_at(_run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)
+        queue.enqueue_at(_run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, provider, **kwargs)
     else:
-        queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, **kwargs)
+        queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, **kwargs)

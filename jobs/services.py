@@ -58,16 +58,24 @@ def _clean_options(options: dict | None, provider: str) -> dict:
 
 
 def _enqueue_on_commit(job: AIJob, *, delay: float = 0.0) -> None:
+    provider = None if "provider" in job.get_deferred_fields() else job.provider  # None: the worker reads it
     transaction.on_commit(
-        partial(_enqueue_safely, job_id=str(job.id), rq_job_id=job.rq_job_id, priority=job.priority, delay=delay)
+        partial(
+            _enqueue_safely,
+            job_id=str(job.id),
+            rq_job_id=job.rq_job_id,
+            priority=job.priority,
+            provider=provider,
+            delay=delay,
+        )
     )
 
 
-def _enqueue_safely(*, job_id: str, rq_job_id: str, priority: str, delay: float) -> None:
+def _enqueue_safely(*, job_id: str, rq_job_id: str, priority: str, provider: str | None, delay: float) -> None:
     # The row is committed; if Redis is unreachable now, `reconcile` finds the queued row
     # without an RQ job and enqueues it. The caller's request must not fail for it.
     try:
-        queues.enqueue_delivery(job_id=job_id, rq_job_id=rq_job_id, priority=priority, delay=delay)
+        queues.enqueue_delivery(job_id=job_id, rq_job_id=rq_job_id, priority=priority, provider=provider, delay=delay)
     except Exception:
         log.exception("enqueue of job %s failed; reconcile will re-enqueue it", job_id)
 
@@ -206,23 +214,24 @@ class AttemptRecord:
 
 def _save_attempt(job: AIJob, record: AttemptRecord, outcome: str, error: Classified | None) -> None:
     usage = record.usage or Usage()
-    JobAttempt.objects.update_or_create(
-        job=job,
-        number=record.number,
-        defaults={
-            "started_at": record.started_at,
-            "finished_at": record.finished_at,
-            "outcome": outcome,
-            "error_type": error.type if error else "",
-            "error_message": error.message if error else "",
-            "latency_ms": record.latency_ms,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "cached_tokens": usage.cached_tokens,
-            "provider_request_id": (record.request_id or "")[:200],
-            "validation_passed": record.validation_passed,
-        },
-    )
+    fields = {
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "outcome": outcome,
+        "error_type": error.type if error else "",
+        "error_message": error.message if error else "",
+        "latency_ms": record.latency_ms,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "provider_request_id": (record.request_id or "")[:200],
+        "validation_passed": record.validation_passed,
+    }
+    if outcome == AttemptOutcome.ABANDONED:
+        # reconcile may already have recorded this attempt as abandoned: fill in what it did not know
+        JobAttempt.objects.update_or_create(job=job, number=record.number, defaults=fields)
+    else:
+        JobAttempt.objects.create(job=job, number=record.number, **fields)
 
 
 def _record_usage(job: AIJob, record: AttemptRecord):
