@@ -48,7 +48,7 @@ def dlq_get(*, entry_id: object) -> DeadLetter:
 
 
 def _grouped(field: str, open_q: Q) -> dict:
-    rows = DeadLetter.objects.filter(open_q).values_list(field).annotate(n=Count("id")).order_by(field)
+    rows = DeadLetter.objects.filter(open_q).values_list(field).annotate(n=Count("*")).order_by(field)
     return {key: n for key, n in rows}
 
 
@@ -57,7 +57,7 @@ def dlq_stats() -> dict:
     open_q = Q(status=DeadLetterStatus.OPEN)
     # aliases differ from field names: an aggregate may not shadow a column it filters on
     totals = DeadLetter.objects.order_by().aggregate(
-        n_total=Count("id"),
+        n_total=Count("*"),
         n_open=Count("id", filter=open_q),
         n_retryable=Count("id", filter=open_q & Q(retryable=True)),
         n_non_retryable=Count("id", filter=open_q & Q(retryable=False)),

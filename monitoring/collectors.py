@@ -86,7 +86,8 @@ def dlq_counts() -> dict[str, int]:
     from dlq.models import DeadLetter, DeadLetterStatus
 
     counts = dict.fromkeys(DeadLetterStatus.values, 0)
-    rows = DeadLetter.objects.order_by().values_list("status").annotate(n=Count("id"))
+    # COUNT(*), not COUNT(id): Postgres answers it from the status index without reading the payloads
+    rows = DeadLetter.objects.order_by().values_list("status").annotate(n=Count("*"))
     for status, n in rows:
         counts[status] = n
     return counts
