@@ -1,0 +1,365 @@
+"""Benchmark 1: pipeline throughput against bare RQ, per worker class.
+
+For each worker setup, two runs on the same Redis with the same worker processes and command:
+
+- ours: N jobs on the simulated provider with zero latency, submitted with ``jobs.services.job_submit``
+  (one transaction and one enqueue each, as the API does), then drained by real worker processes
+  (``manage.py rqworker --burst`` x W, or ``manage.py rqworker-pool --num-workers W --burst``) on real
+  Postgres and Redis, to their final state;
+- bare RQ: N no-op jobs (bench.noop.noop) enqueued with the same options, drained by the same command.
+
+The drain rate is N / (last job finished - first job started), read from the rows (ours) and from RQ's
+job hashes (bare), so worker start-up (Django import) counts for neither. The rate limiter is off.
+The submit rate (one process calling job_submit) and the wall time, start-up included, are shown too.
+
+    python -m bench.pipeline [--quick] [--jobs N] [--workers W] [--case fork|pool|simple|pool-simple ...]
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+from bench import common
+
+TARGET_RATE = 400.0
+TARGET_FRACTION = 0.5
+QUEUES = ["ai-high", "ai-default", "ai-low"]
+SUBMIT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    label: str
+    worker_class: str
+    pool: bool
+
+
+CASES = {
+    "fork": Case("fork", "forking AIPBWorker x W (rqworker)", "aipb.worker.AIPBWorker", False),
+    "pool": Case("pool", "worker pool of forking AIPBWorker (rqworker-pool)", "aipb.worker.AIPBWorker", True),
+    "simple": Case("simple", "AIPBSimpleWorker x W (rqworker)", "aipb.worker.AIPBSimpleWorker", False),
+    "pool-simple": Case(
+        "pool-simple", "worker pool of AIPBSimpleWorker (rqworker-pool)", "aipb.worker.AIPBSimpleWorker", True
+    ),
+}
+
+
+@dataclass
+class Run:
+    jobs: int
+    drain_s: float
+    wall_s: float
+    submit_s: float
+    ok: int
+    cpu_s: float  # user + system CPU of the worker processes (work-horses included), start-up included
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.drain_s if self.drain_s > 0 else 0.0
+
+    @property
+    def cpu_ms_per_job(self) -> float:
+        return self.cpu_s * 1000 / self.jobs
+
+
+def _worker_commands(case: Case, workers: int) -> list[list[str]]:
+    if case.pool:
+        return [
+            [common.PY, "manage.py", "rqworker-pool", *QUEUES, "--num-workers", str(workers), "--burst"]
+            + ["--worker-class", case.worker_class, "-v", "0"]
+        ]
+    return [
+        [common.PY, "manage.py", "rqworker", *QUEUES, "--burst", "--worker-class", case.worker_class, "-v", "0"]
+        for _ in range(workers)
+    ]
+
+
+def _drain(case: Case, workers: int, *, timeout: float, log) -> tuple[float, float]:
+    """Run the workers until the queues are empty: (wall seconds, CPU seconds of every worker process)."""
+    metrics_dir = common.scratch_dir("metrics")
+    for f in metrics_dir.glob("*.db"):
+        f.unlink()
+    env = common.worker_env(AI_RATE_LIMIT_PER_SECOND="0", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    procs = [common.spawn(cmd, env=env, log=log) for cmd in _worker_commands(case, workers)]
+    common.wait_all(procs, timeout=timeout)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_ours(case: Case, *, jobs: int, workers: int, log) -> Run:
+    from django.db import transaction
+    from django.db.models import Max, Min
+
+    from jobs.models import AIJob, JobStatus
+    from jobs.services import job_submit
+
+    common.reset_state()
+    owner = common.bench_user()
+    t = time.perf_counter()
+    for start in range(0, jobs, SUBMIT_BATCH):
+        with transaction.atomic():  # in bulk: one commit (and one burst of enqueues) per batch
+            for i in range(start, min(jobs, start + SUBMIT_BATCH)):
+                job_submit(
+                    owner=owner,
+                    prompt=f"A landing page for bench shop number {i}: bikes, repairs and rentals.",
+                    provider="simulated",
+                    model="sim-small",
+                    options={"simulate": {"latency_ms": 0}},
+                )
+    submit_s = time.perf_counter() - t
+    wall_s, cpu_s = _drain(case, workers, timeout=max(300.0, jobs / 5), log=log)
+    span = AIJob.objects.aggregate(first=Min("started_at"), last=Max("finished_at"))
+    ok = AIJob.objects.filter(status=JobStatus.SUCCEEDED).count()
+    drain_s = (span["last"] - span["first"]).total_seconds() if span["first"] and span["last"] else wall_s
+    return Run(jobs=jobs, drain_s=drain_s, wall_s=wall_s, submit_s=submit_s, ok=ok, cpu_s=cpu_s)
+
+
+def run_bare(case: Case, *, jobs: int, workers: int, log) -> Run:
+    from rq import Queue
+    from rq.job import Job
+
+    from aipb.redis_client import get_redis
+
+    common.reset_state()
+    conn = get_redis()
+    queue = Queue("ai-default", connection=conn)
+    kwargs = {"timeout": 210, "result_ttl": 600, "failure_ttl": 86_400}
+    t = time.perf_counter()
+    ids = []
+    batch = 500
+    for start in range(0, jobs, batch):
+        specs = [
+            Queue.prepare_data("bench.noop.noop", args=(str(i), str(i)), description=f"noop {i}", **kwargs)
+            for i in range(start, min(jobs, start + batch))
+        ]
+        ids += [job.id for job in queue.enqueue_many(specs)]
+    submit_s = time.perf_counter() - t
+    wall_s, cpu_s = _drain(case, workers, timeout=max(300.0, jobs / 5), log=log)
+    first = last = None
+    ok = 0
+    for start in range(0, len(ids), 1000):
+        for job in Job.fetch_many(ids[start : start + 1000], connection=conn):
+            if job is None or job.started_at is None or job.ended_at is None:
+                continue
+            ok += job.get_status(refresh=False) == "finished"
+            first = job.started_at if first is None or job.started_at < first else first
+            last = job.ended_at if last is None or job.ended_at > last else last
+    drain_s = (last - first).total_seconds() if first and last else wall_s
+    return Run(jobs=jobs, drain_s=drain_s, wall_s=wall_s, submit_s=submit_s, ok=ok, cpu_s=cpu_s)
+
+
+def startup_cpu(case: Case, workers: int, *, log) -> float:
+    """CPU seconds the worker processes spend starting and stopping with nothing to do (subtracted per job)."""
+    common.reset_state()
+    return _drain(case, workers, timeout=120.0, log=log)[1]
+
+
+class _Counter:
+    """Counts, in this process, SQL statements and Redis round trips / commands, and Postgres commits."""
+
+    def __init__(self) -> None:
+        self.sql = 0
+        self.redis_round_trips = 0
+        self.redis_commands = 0
+        self._patched: list = []
+
+    def _sql(self, execute, sql, params, many, context):
+        self.sql += 1
+        return execute(sql, params, many, context)
+
+    def __enter__(self):
+        from django.db import connection
+        from redis.connection import AbstractConnection
+
+        counter = self
+        send, pack, packs = (
+            AbstractConnection.send_packed_command,
+            AbstractConnection.pack_command,
+            AbstractConnection.pack_commands,
+        )
+
+        def send_packed_command(conn, command, check_health=True):
+            counter.redis_round_trips += 1
+            return send(conn, command, check_health)
+
+        def pack_command(conn, *args):
+            counter.redis_commands += 1
+            return pack(conn, *args)
+
+        def pack_commands(conn, commands):
+            counter.redis_commands += len(commands)
+            return packs(conn, commands)
+
+        self._patched = [("send_packed_command", send), ("pack_command", pack), ("pack_commands", packs)]
+        AbstractConnection.send_packed_command = send_packed_command
+        AbstractConnection.pack_command = pack_command
+        AbstractConnection.pack_commands = pack_commands
+        self.commits_before = _commits()
+        self._wrapper = connection.execute_wrapper(self._sql)
+        self._wrapper.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        from redis.connection import AbstractConnection
+
+        self._wrapper.__exit__(*exc)
+        for name, original in self._patched:
+            setattr(AbstractConnection, name, original)
+        self.commits = _commits() - self.commits_before
+
+
+def _commits() -> int:
+    """Transactions committed in the benchmark database so far (pg_stat_database; our session's are flushed first)."""
+    from django.db import connection
+
+    connection.close()  # a backend reports its pending statistics when it exits
+    time.sleep(0.3)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        value = cursor.fetchone()[0]
+    connection.close()
+    time.sleep(0.3)
+    return value
+
+
+def round_trips(*, jobs: int) -> dict:
+    """Per job, in one AIPBSimpleWorker in this process: what ours and a bare no-op cost in round trips.
+
+    These counts do not depend on how busy the machine is, unlike the rates.
+    """
+    from django.conf import settings
+    from rq import Queue
+
+    from aipb.redis_client import get_redis
+    from aipb.worker import AIPBSimpleWorker
+    from jobs.queues import all_queues
+    from jobs.services import job_submit
+
+    settings.AI_RATE_LIMIT_PER_SECOND = 0
+    out = {}
+    owner = common.bench_user()
+    for kind in ("bare", "ours"):
+        common.reset_state()
+        if kind == "ours":
+            with _Counter() as submit:
+                for i in range(jobs):
+                    job_submit(
+                        owner=owner,
+                        prompt=f"A landing page for bench shop number {i}: bikes, repairs and rentals.",
+                        provider="simulated",
+                        model="sim-small",
+                        options={"simulate": {"latency_ms": 0}},
+                    )
+            out["submit"] = submit
+        else:
+            queue = Queue("ai-default", connection=get_redis())
+            queue.enqueue_many(
+                [
+                    Queue.prepare_data("bench.noop.noop", args=(str(i), str(i)), timeout=210, result_ttl=600)
+                    for i in range(jobs)
+                ]
+            )
+        worker = AIPBSimpleWorker(all_queues(), connection=get_redis())
+        with _Counter() as work:
+            worker.work(burst=True, logging_level="WARNING")
+        out[kind] = work
+    return {
+        key: {
+            "sql": c.sql / jobs,
+            "commits": c.commits / jobs,
+            "redis_round_trips": c.redis_round_trips / jobs,
+            "redis_commands": c.redis_commands / jobs,
+        }
+        for key, c in out.items()
+    }
+
+
+def main(argv=None) -> dict:
+    def extra(parser):
+        parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 5000, quick 300)")
+        parser.add_argument(
+            "--fork-jobs", type=int, default=None, help="jobs per run with the forking worker (default 500, quick 100)"
+        )
+        parser.add_argument("--workers", type=int, default=None, help="worker processes (default 2 x cores)")
+        parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these setups")
+
+    args = common.parse_args(__doc__.splitlines()[0], argv, extra)
+    common.setup_django()
+
+    jobs = args.jobs or (300 if args.quick else 5000)
+    fork_jobs = args.fork_jobs or (100 if args.quick else 500)
+    workers = args.workers or 2 * (os.cpu_count() or 1)
+    cases = [CASES[key] for key in (args.case or list(CASES))]
+    report = common.Report(f"1. Pipeline throughput ({workers} worker processes)", quick=args.quick)
+    log = common.log_file("pipeline-workers")
+    results: dict = {}
+    for case in cases:
+        n = fork_jobs if case.worker_class.endswith("AIPBWorker") else jobs
+        idle_cpu = startup_cpu(case, workers, log=log)
+        bare = run_bare(case, jobs=n, workers=workers, log=log)
+        ours = run_ours(case, jobs=n, workers=workers, log=log)
+        fraction = ours.rate / bare.rate if bare.rate else 0.0
+        ours_cpu = (ours.cpu_s - idle_cpu) * 1000 / n
+        bare_cpu = (bare.cpu_s - idle_cpu) * 1000 / n
+        results[case.key] = {"ours": ours, "bare": bare, "fraction": fraction, "cpu_ms": (ours_cpu, bare_cpu)}
+        report.figure(
+            f"{case.label}: ours, {n} jobs",
+            f"{ours.rate:.0f} jobs/s ({ours.ok}/{n} succeeded; drain {ours.drain_s:.1f} s)",
+            f">= {TARGET_RATE:.0f} jobs/s",
+            common.meets(ours.rate, TARGET_RATE),
+        )
+        report.figure(
+            f"{case.label}: bare RQ no-op, {n} jobs",
+            f"{bare.rate:.0f} jobs/s ({bare.ok}/{n} finished; drain {bare.drain_s:.1f} s)",
+        )
+        report.figure(
+            f"{case.label}: ours / bare RQ",
+            f"{fraction:.2f}",
+            f">= {TARGET_FRACTION}",
+            common.meets(fraction, TARGET_FRACTION),
+        )
+        report.figure(
+            f"{case.label}: worker CPU per job, ours / bare RQ",
+            f"{ours_cpu:.1f} ms / {bare_cpu:.1f} ms (start-up excluded); CPU-bound ceiling on "
+            f"{os.cpu_count()} cores {1000 * (os.cpu_count() or 1) / ours_cpu:.0f} / "
+            f"{1000 * (os.cpu_count() or 1) / bare_cpu:.0f} jobs/s",
+        )
+        report.figure(
+            f"{case.label}: submit (job_submit in one process, {SUBMIT_BATCH} per transaction)",
+            f"{n / ours.submit_s:.0f} jobs/s; submit then drain, end to end: {n / (ours.submit_s + ours.drain_s):.0f}"
+            " jobs/s",
+        )
+    sample = 100 if args.quick else 300
+    counts = round_trips(jobs=sample)
+    results["round_trips"] = counts
+    for kind, label in (("submit", "job_submit"), ("ours", "ours, one attempt"), ("bare", "bare RQ no-op")):
+        c = counts[kind]
+        report.figure(
+            f"per job, {label}",
+            f"{c['sql']:.1f} SQL statements, {c['commits']:.1f} commits, {c['redis_round_trips']:.1f} Redis round "
+            f"trips ({c['redis_commands']:.1f} commands)",
+        )
+    report.note(
+        "drain rate = jobs / (first start .. last finish), from the rows (ours) and RQ's job hashes (bare RQ), so "
+        "worker start-up counts for neither; rate limiter off (AI_RATE_LIMIT_PER_SECOND=0); metrics on "
+        "(PROMETHEUS_MULTIPROC_DIR set); the forking cases run fewer jobs (--fork-jobs) to keep the run short"
+    )
+    report.note(
+        f"per-job round trips counted in one AIPBSimpleWorker in the benchmark process over {sample} jobs; "
+        "they do not depend on how busy the machine is, the rates do"
+    )
+    if not args.no_save:
+        report.save()
+    return results
+
+
+if __name__ == "__main__":
+    main()
