@@ -139,6 +139,10 @@ def job_submit(
         request_fingerprint=fingerprint,
     )
     job.deliveries, job.rq_job_id = _next_delivery(job)
+    if idempotency_key is None:
+        job.save(force_insert=True)  # nothing can collide: no savepoint round trips
+        _enqueue_on_commit(job)
+        return job, True
     try:
         with transaction.atomic():
             job.save(force_insert=True)
