@@ -33,6 +33,7 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "aipb.views.csrf_failure"  # JSON error shape under /api/
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -120,6 +121,10 @@ REDIS_SENTINELS = [
 ]
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "mymaster")
 
+# The cache (DRF's submission throttle counts) lives in Redis, shared by every web process: Django's
+# default per-process memory cache would let a user submit once per gunicorn worker per rate.
+CACHES = {"default": {"BACKEND": "aipb.cache.SharedRedisCache", "KEY_PREFIX": "aipb-cache"}}
+
 
 def _with_query(url: str, **params: object) -> str:
     # string surgery, not urlunsplit: that turns unix:///path into unix:/path
@@ -155,7 +160,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["aipb.api.JSONParser"],  # DRF's, with deep nesting a 400
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "aipb.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -232,6 +237,9 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0, minimum=0)
+# Off by default: both commit every subdomain to HTTPS (preload: for years, in browsers' built-in lists).
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 
 LOGGING = {
     "version": 1,

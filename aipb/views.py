@@ -7,13 +7,18 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.http import JsonResponse
+from django.views.csrf import csrf_failure as default_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import parsers, serializers
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from aipb.api import JSONParser, error_responses
 from aipb.exceptions import error_body
 
 
@@ -49,6 +54,7 @@ class VersionApi(APIView):
         return Response(build_info())
 
 
+@csrf_exempt  # nothing to protect; a POST to a wrong URL is a 404, not Django's HTML CSRF page
 def api_not_found(request, *args, **kwargs):
     return JsonResponse(error_body("not_found", f"no API endpoint at {request.path}"), status=404)
 
@@ -57,3 +63,20 @@ def not_found(request, exception=None):
     if request.path.startswith("/api/"):
         return api_not_found(request)
     return page_not_found(request, exception)
+
+
+def csrf_failure(request, reason: str = ""):
+    """CSRF_FAILURE_VIEW: the error shape under /api/, Django's page elsewhere (DRF views report their own)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("permission_denied", f"CSRF check failed: {reason}"), status=403)
+    return default_csrf_failure(request, reason=reason)
+
+
+class AuthTokenApi(ObtainAuthToken):
+    """DRF's token view (username and password in, the user's API token out), with its errors documented."""
+
+    parser_classes = (parsers.FormParser, parsers.MultiPartParser, JSONParser)
+
+    @extend_schema(responses={200: AuthTokenSerializer, **error_responses(400, 413, 415)})
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)

@@ -15,7 +15,15 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from aipb.api import ListParams, Pagination, StrictSerializer, parse_query
+from aipb.api import (
+    ListParams,
+    Pagination,
+    StrictSerializer,
+    error_responses,
+    paginated,
+    parse_body,
+    parse_query,
+)
 from jobs import queue_control, selectors, services
 from jobs.catalogue import PROVIDER_IDS
 from jobs.errors import ErrorType
@@ -26,7 +34,8 @@ from jobs.serializers import JobOutputSerializer, JobSummarySerializer
 class JobListParams(ListParams):
     status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
     provider = serializers.ChoiceField(choices=PROVIDER_IDS, required=False)
-    model = serializers.CharField(max_length=200, required=False)
+    # an exact-match filter: "\t" matches nothing (200, empty), it does not become a blank 400
+    model = serializers.CharField(max_length=200, required=False, trim_whitespace=False)
     priority = serializers.ChoiceField(choices=Priority.choices, required=False)
     error_type = serializers.ChoiceField(choices=ErrorType.choices, required=False)
 
@@ -45,7 +54,11 @@ class JobListCreateApi(APIView):
     def get_throttles(self):
         return [ScopedRateThrottle()] if self.request.method == "POST" else []
 
-    @extend_schema(parameters=[JobListParams], responses=JobSummarySerializer(many=True))
+    @extend_schema(
+        operation_id="ai_jobs_list",
+        parameters=[JobListParams],
+        responses={200: paginated(JobSummarySerializer, "PaginatedJobList"), **error_responses(400)},
+    )
     def get(self, request):
         params = parse_query(JobListParams, request)
         limit, offset = params.pop("limit"), params.pop("offset")
@@ -54,16 +67,21 @@ class JobListCreateApi(APIView):
 
     @extend_schema(
         request=InputSerializer,
-        responses={201: JobOutputSerializer, 200: JobOutputSerializer},
+        responses={
+            201: JobOutputSerializer,
+            200: JobOutputSerializer,
+            **error_responses(400, 409, 413, 415, 429),
+        },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        fields = parse_body(self.InputSerializer, request.data)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             raise serializers.ValidationError({"Idempotency-Key": ["must be 1 to 255 characters"]})
-        job, created = services.job_submit(owner=request.user, idempotency_key=key, **data.validated_data)
+        if key is not None and "\x00" in key:  # PostgreSQL text cannot hold NUL
+            raise serializers.ValidationError({"Idempotency-Key": ["must not contain NUL characters"]})
+        job, created = services.job_submit(owner=request.user, idempotency_key=key, **fields)
         job = selectors.job_get(user=request.user, job_id=job.id)
         return Response(
             JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -71,18 +89,18 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses=JobOutputSerializer)
+    @extend_schema(responses={200: JobOutputSerializer, **error_responses(404)})
     def get(self, request, job_id):
         return Response(JobOutputSerializer(selectors.job_get(user=request.user, job_id=job_id)).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **error_responses(404, 409)})
     def delete(self, request, job_id):
         services.job_delete(job_id=job_id, owner=None if request.user.is_staff else request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class JobRetryApi(APIView):
-    @extend_schema(request=None, responses={202: JobOutputSerializer})
+    @extend_schema(request=None, responses={202: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request, job_id):
         job = services.job_retry(job_id=job_id, owner=None if request.user.is_staff else request.user)
         job = selectors.job_get(user=request.user, job_id=job.id)
@@ -90,7 +108,7 @@ class JobRetryApi(APIView):
 
 
 class JobCancelApi(APIView):
-    @extend_schema(request=None, responses=JobOutputSerializer)
+    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request, job_id):
         job = services.job_cancel(job_id=job_id, owner=None if request.user.is_staff else request.user)
         job = selectors.job_get(user=request.user, job_id=job.id)
@@ -98,7 +116,7 @@ class JobCancelApi(APIView):
 
 
 class ProviderListApi(APIView):
-    @extend_schema(responses=serializers.ListSerializer(child=serializers.DictField()))
+    @extend_schema(responses={200: serializers.ListSerializer(child=serializers.DictField()), **error_responses()})
     def get(self, request):
         from jobs.catalogue import providers_status
 
@@ -144,7 +162,7 @@ class JobMetricsParams(StrictSerializer):
 class JobMetricsApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[JobMetricsParams], responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=[JobMetricsParams], responses={200: OpenApiTypes.OBJECT, **error_responses(400)})
     def get(self, request):
         params = parse_query(JobMetricsParams, request)
         since = params.get("since") or timezone.now() - timedelta(hours=24)
@@ -161,7 +179,10 @@ class QueuePauseInput(StrictSerializer):
 class QueueStatusApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Queue sizes per status, paused or not, workers")
+    @extend_schema(
+        responses={200: OpenApiTypes.OBJECT, **error_responses(400)},
+        summary="Queue sizes per status, paused or not, workers",
+    )
     def get(self, request):
         parse_query(StrictSerializer, request)  # no parameters: an unknown one is a 400
         return Response(queue_control.queue_status())
@@ -170,18 +191,25 @@ class QueueStatusApi(APIView):
 class QueuePauseApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=QueuePauseInput, responses=OpenApiTypes.OBJECT, summary="Stop every worker taking jobs")
+    @extend_schema(
+        request=QueuePauseInput,
+        responses={200: OpenApiTypes.OBJECT, **error_responses(400, 413, 415)},
+        summary="Stop every worker taking jobs",
+    )
     def post(self, request):
-        data = QueuePauseInput(data=request.data if request.data else {})
-        data.is_valid(raise_exception=True)
-        return Response(queue_control.queue_pause(by=request.user.get_username(), **data.validated_data))
+        fields = parse_body(QueuePauseInput, request.data)  # no body is {}; a body of 0, [] or null is a 400
+        return Response(queue_control.queue_pause(by=request.user.get_username(), **fields))
 
 
 class QueueResumeApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Let workers take jobs again")
+    @extend_schema(
+        request=None,
+        responses={200: OpenApiTypes.OBJECT, **error_responses(400, 413, 415)},
+        summary="Let workers take jobs again",
+    )
     def post(self, request):
-        if request.data:
+        if request.data != {}:  # no body, or {}; a body of 0, [] or null is not "no body"
             raise serializers.ValidationError({"non_field_errors": ["resume takes no body"]})
         return Response(queue_control.queue_resume(by=request.user.get_username()))

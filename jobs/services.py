@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ def _fingerprint(**fields: object) -> str:
 
 
 def _depth(value: object, level: int = 0) -> int:
+    if level > MAX_OPTIONS_DEPTH:
+        return level  # deep enough to refuse; don't recurse down 900 levels of hostile JSON
     if isinstance(value, dict):
         return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
     if isinstance(value, list):
@@ -39,12 +42,34 @@ def _depth(value: object, level: int = 0) -> int:
     return level
 
 
+def _unstorable(value: object) -> str | None:
+    """What PostgreSQL's jsonb cannot hold (a 500 at INSERT time otherwise); called on bounded depth."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "must not contain NUL characters"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid Unicode text (no lone surrogates)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "numbers must be finite"
+    if isinstance(value, dict):
+        return next(filter(None, (_unstorable(v) for item in value.items() for v in item)), None)
+    if isinstance(value, list):
+        return next(filter(None, map(_unstorable, value)), None)
+    return None
+
+
 def _clean_options(options: dict | None, provider: str) -> dict:
     options = dict(options or {})
+    if _depth(options) > MAX_OPTIONS_DEPTH:  # first: the checks below recurse
+        raise InvalidInput(f"options may nest at most {MAX_OPTIONS_DEPTH} levels deep")
     if len(json.dumps(options)) > settings.AI_MAX_OPTIONS_BYTES:
         raise InvalidInput(f"options must be at most {settings.AI_MAX_OPTIONS_BYTES} bytes of JSON")
-    if _depth(options) > MAX_OPTIONS_DEPTH:
-        raise InvalidInput(f"options may nest at most {MAX_OPTIONS_DEPTH} levels deep")
+    problem = _unstorable(options)
+    if problem:
+        raise InvalidInput(f"options {problem}")
     if "simulate" in options:
         if provider != "simulated":
             raise InvalidInput("options.simulate is only accepted with provider 'simulated'")
@@ -108,8 +133,8 @@ def job_submit(
         raise InvalidInput(f"provider '{provider}' is not configured on this server")
     if not prompt or not prompt.strip():
         raise InvalidInput("prompt must not be empty")
-    if "\x00" in prompt:
-        raise InvalidInput("prompt must not contain NUL characters")
+    if problem := _unstorable(prompt):  # NUL, lone surrogates
+        raise InvalidInput(f"prompt {problem}")
     if len(prompt) > settings.AI_MAX_PROMPT_CHARS:
         raise InvalidInput(f"prompt must be at most {settings.AI_MAX_PROMPT_CHARS} characters")
     if priority not in Priority.values:

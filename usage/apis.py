@@ -16,7 +16,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aipb.api import StrictSerializer, parse_query
+from aipb.api import StrictSerializer, error_responses, parse_query
 from jobs.catalogue import PROVIDER_IDS
 from usage import reports, selectors
 
@@ -107,6 +107,7 @@ _REPORT_RESPONSES = {
     (200, "text/csv"): OpenApiResponse(
         response=OpenApiTypes.STR, description="header, then one line per date, provider, model and user"
     ),
+    **error_responses(400),
 }
 
 
@@ -181,7 +182,7 @@ class PriceListApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[PriceParams], responses=PriceListSerializer)
+    @extend_schema(parameters=[PriceParams], responses={200: PriceListSerializer, **error_responses(400)})
     def get(self, request):
         params = parse_query(PriceParams, request)
         prices = selectors.price_list(history=params["history"])
