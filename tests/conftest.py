@@ -107,3 +107,19 @@ def run_worker(redis_conn, transactional_db) -> Callable[..., int]:
 
 def all_final() -> bool:
     return not AIJob.objects.exclude(status__in=FINAL_STATUSES).exists()
+
+
+def child_database_url() -> str:
+    """DATABASE_URL for a child process (gunicorn, a worker, a command) that must see this test's database:
+    pytest-django's test database, over TCP or over the embedded server's Unix socket alike."""
+    from urllib.parse import quote
+
+    db = django_settings.DATABASES["default"]
+    auth = quote(db.get("USER") or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    name = quote(db["NAME"], safe="")
+    socket_dir = db.get("HOST") if (db.get("HOST") or "").startswith("/") else db.get("OPTIONS", {}).get("host")
+    if socket_dir:
+        return f"postgresql://{auth}@/{name}?host={quote(socket_dir, safe='/')}"
+    return f"postgresql://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{name}"

@@ -16,13 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
 from jobs.models import FINAL_STATUSES, AIJob, JobStatus
+from tests.conftest import child_database_url
 from tests.monitoring.test_metrics import (
     SIM,
     ensure_sim_price,
@@ -51,12 +51,7 @@ def _free_port() -> int:
 
 def _database_url() -> str:
     """The test database (pytest-django's), for the child processes."""
-    db = settings.DATABASES["default"]
-    host = db.get("HOST") or "127.0.0.1"
-    credentials = quote(db.get("USER") or "", safe="") + (
-        ":" + quote(db["PASSWORD"], safe="") if db.get("PASSWORD") else ""
-    )
-    return f"postgres://{credentials}@{quote(host, safe='')}:{db.get('PORT') or 5432}/{quote(db['NAME'], safe='')}"
+    return child_database_url()
 
 
 def http(url: str, *, method: str = "GET", body: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
@@ -143,6 +138,7 @@ class Stack:
 
     def worker(self, *extra: str, **env: str) -> subprocess.Popen:
         argv = [sys.executable, "manage.py", "rqworker", "ai-high", "ai-default", "ai-low", "--with-scheduler"]
+        argv += ["--worker-class", "aipb.worker.AIPBWorker"]  # forking unless a test says otherwise (later wins)
         return self.start("worker", [*argv, *extra], **env)
 
     def metrics_server(self, **env: str) -> tuple[subprocess.Popen, str]:

@@ -9,13 +9,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 
 from jobs import services
 from jobs.models import AIJob
+from tests.conftest import child_database_url
 
 BASE_DIR = Path(settings.BASE_DIR)
 
@@ -30,13 +30,9 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 20.0, interval
 
 def child_env(**overrides: str) -> dict[str, str]:
     """The environment a child process needs to use the test database and the test Redis database."""
-    db = settings.DATABASES["default"]
-    auth = quote(db["USER"] or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(
-        DATABASE_URL=f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        DATABASE_URL=child_database_url(),
         REDIS_URL=settings.REDIS_URL,
         DJANGO_SECRET_KEY="test-only-secret-key",
         AI_ENABLE_SIMULATED_PROVIDER="1",
@@ -68,6 +64,7 @@ class WorkerProcess:
     def __init__(self, tmp_path: Path, *, with_scheduler: bool = True, **env: str) -> None:
         self.log_path = tmp_path / f"worker-{time.monotonic_ns()}.log"
         cmd = [sys.executable, "manage.py", "rqworker", "ai-high", "ai-default", "ai-low", "--worker-ttl", "30"]
+        cmd += ["--worker-class", "aipb.worker.AIPBWorker"]  # the forking worker: its work-horse can be killed
         if with_scheduler:
             cmd.append("--with-scheduler")
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
