@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from django.conf import settings as django_settings
+from django.test import Client
 from rest_framework.test import APIClient
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
@@ -72,6 +73,22 @@ def staff_api(staff_user) -> APIClient:
 @pytest.fixture
 def anon_api() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def staff_client(staff_user) -> Client:
+    """A logged-in admin session (Django's test client), for the admin pages."""
+    client = Client()
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def user_client(user) -> Client:
+    """A logged-in session of a user who is not staff."""
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 def _pending(conn) -> bool:

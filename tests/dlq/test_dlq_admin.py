@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from django.test import Client
 
 from dlq.models import DeadLetter
@@ -12,20 +11,6 @@ from jobs import services
 from jobs.models import AIJob, JobStatus
 
 CHANGELIST = "/admin/dlq/deadletter/"
-
-
-@pytest.fixture
-def staff_client(staff_user) -> Client:
-    client = Client()
-    client.force_login(staff_user)
-    return client
-
-
-@pytest.fixture
-def user_client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def listed_ids(response) -> set[int]:

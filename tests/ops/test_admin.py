@@ -21,20 +21,6 @@ OPERATIONS = "/admin/operations/"
 
 
 @pytest.fixture
-def staff_client(staff_user) -> Client:
-    client = Client()
-    client.force_login(staff_user)
-    return client
-
-
-@pytest.fixture
-def owner_client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def jobs(user, other_user, run_worker):
     ok = submit(user, prompt="A landing page for a bakery in Lisbon")
     dead = submit(other_user, prompt="A page for a florist", **sim(fail_attempts=9, error="auth"))
@@ -146,9 +132,9 @@ def test_delete_action_deletes_through_the_service_and_keeps_running_jobs(staff_
     assert any("is running" in m for m in messages_of(response))
 
 
-def test_non_staff_and_anonymous_are_refused_and_nothing_changes(owner_client, jobs):
+def test_non_staff_and_anonymous_are_refused_and_nothing_changes(user_client, jobs):
     before = statuses(jobs)
-    for client in (owner_client, Client()):
+    for client in (user_client, Client()):
         response = client.get(CHANGELIST)
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
         for action in ("retry_selected", "cancel_selected", "delete_selected_jobs"):
@@ -200,7 +186,7 @@ def test_operations_page_shows_live_numbers(staff_client, jobs, worker_process, 
     assert 'href="/django-rq/"' in html and f'href="{CHANGELIST}"' in html
 
 
-def test_pause_and_resume_buttons_need_staff_and_a_csrf_token(staff_user, owner_client, redis_conn):
+def test_pause_and_resume_buttons_need_staff_and_a_csrf_token(staff_user, user_client, redis_conn):
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff_user)
     page = client.get(OPERATIONS)
@@ -208,7 +194,7 @@ def test_pause_and_resume_buttons_need_staff_and_a_csrf_token(staff_user, owner_
 
     assert client.post(OPERATIONS, {"action": "pause"}).status_code == 403  # no CSRF token
     assert not is_suspended(redis_conn)
-    assert owner_client.post(OPERATIONS, {"action": "pause"}).status_code == 302  # to the login page
+    assert user_client.post(OPERATIONS, {"action": "pause"}).status_code == 302  # to the login page
     assert Client().post(OPERATIONS, {"action": "pause"}).status_code == 302
     assert not is_suspended(redis_conn)
 
@@ -226,7 +212,7 @@ def test_pause_and_resume_buttons_need_staff_and_a_csrf_token(staff_user, owner_
     assert not is_suspended(redis_conn) and 'id="paused-state">RUNNING<' in response.content.decode()
 
 
-def test_operations_page_refuses_non_staff(owner_client):
-    for client in (owner_client, Client()):
+def test_operations_page_refuses_non_staff(user_client):
+    for client in (user_client, Client()):
         response = client.get(OPERATIONS)
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
