@@ -148,7 +148,9 @@ else:
     }
 RQ_QUEUES = {name: dict(_rq_connection, DEFAULT_TIMEOUT=900) for name in AI_QUEUES.values()}
 RQ = {
-    "WORKER_CLASS": env_str("AI_WORKER_CLASS", "aipb.worker.AIPBWorker"),
+    # No fork per job: 4-5x less CPU per job than the forking AIPBWorker (bench/RESULTS.md, section 1);
+    # provider calls carry their own timeout and a dead worker's job comes back through its lease.
+    "WORKER_CLASS": env_str("AI_WORKER_CLASS", "aipb.worker.AIPBSimpleWorker"),
     "COMMIT_MODE": "auto",  # we enqueue on commit ourselves (jobs.queues)
 }
 RQ_SHOW_ADMIN_LINK = True
