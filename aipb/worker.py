@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 
 from django.db import close_old_connections, connections
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker, Worker
 
@@ -48,8 +50,43 @@ class PauseAwareMixin:
             self.check_for_suspension(burst=timeout is None)
 
 
-class AIPBWorker(PauseAwareMixin, Worker):
+class ResilienceMixin:
+    """What the fault drills (tests/e2e/test_fault_drills.py) found RQ's worker needs to survive:
+
+    - Redis restarting or failing over: RQ retries its BLPOP, but any other command failing (a
+      heartbeat while a job runs, the state update after it) ends the worker with "unhandled
+      exception, quitting". Every command on the worker's connection (and its scheduler's and
+      work-horses', which copy it) now retries connection errors with backoff for about a minute.
+    - a worker killed while holding RQ's scheduler lock (the scheduler moves delayed retries onto
+      the queues): the lock outlives it by a minute, and the others try to take it over only in
+      their maintenance, every 10 minutes, while an idle worker blocks in BLPOP for up to
+      worker_ttl - 15 s. Until then every retry waited for `reconcile`. Check every minute instead.
+    """
+
+    CHECK_SECONDS = 60
+    REDIS_RETRY = Retry(ExponentialBackoff(cap=5.0, base=0.1), retries=18)  # 0.2, 0.4 ... 5, 5: about 70 s
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("maintenance_interval", self.CHECK_SECONDS)
+        super().__init__(*args, **kwargs)
+        self.connection.set_retry(self.REDIS_RETRY)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return min(super().dequeue_timeout, self.CHECK_SECONDS)
+
+
+class AIPBWorker(ResilienceMixin, PauseAwareMixin, Worker):
     _worker_pid = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # work-horses inherit what the worker imported before forking: import the pipeline and the
+        # provider SDKs once here, not once per job in every horse
+        import jobs.rq_jobs  # noqa: F401
+        from jobs.providers import preload
+
+        preload()
 
     def fork_work_horse(self, job, queue):
         self._worker_pid = os.getpid()
@@ -66,7 +103,7 @@ class AIPBWorker(PauseAwareMixin, Worker):
             connections.close_all()
 
 
-class AIPBSimpleWorker(PauseAwareMixin, SimpleWorker):
+class AIPBSimpleWorker(ResilienceMixin, PauseAwareMixin, SimpleWorker):
     def perform_job(self, *args, **kwargs):
         close_old_connections()
         try:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -447,7 +448,7 @@ RECONCILE_BATCH = 500
 
 @dataclass
 class ReconcileReport:
-    requeued: list[str]  # queued/retrying rows whose RQ job Redis no longer had
+    requeued: list[str]  # queued/retrying rows whose RQ delivery Redis lost, or holds where nothing will run it
     recovered: list[str]  # running rows past their lease, put back for another attempt
     dead: list[str]  # running rows past their lease with no attempts left
     dry_run: bool = False
@@ -456,19 +457,106 @@ class ReconcileReport:
         return {"requeued": self.requeued, "recovered": self.recovered, "dead": self.dead, "dry_run": self.dry_run}
 
 
-def _rq_jobs_alive(rq_job_ids: list[str]) -> set[str]:
-    from rq.job import Job
-    from rq.job import JobStatus as RQStatus
+# A started delivery whose worker stopped heart-beating this long ago is dead (RQ beats at least every
+# job_monitoring_interval, 30 s by default; RQ's own cleanup only runs in a worker's maintenance, every 10 min).
+RECONCILE_STALE_HEARTBEAT_SECONDS = 180
 
-    from aipb.redis_client import get_redis
 
-    alive = {RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.STARTED, RQStatus.DEFERRED}
-    jobs = Job.fetch_many(rq_job_ids, connection=get_redis())
-    found = set()
-    for rq_job in jobs:
-        if rq_job is not None and rq_job.get_status(refresh=False) in alive:
-            found.add(rq_job.id)
-    return found
+class _RedisView:
+    """Which RQ deliveries will still run, judged from where they are in Redis, not just their status.
+
+    A status alone can lie after a crash: a worker SIGKILLed right after BLPOP leaves a job "queued" in no
+    queue (nothing will ever pop it); a scheduled delivery waits forever when the worker holding RQ's
+    scheduler lock died (a new scheduler takes the lock over only in a worker's maintenance); a "started"
+    one whose worker died stays started until RQ's own cleanup, also in that maintenance. Calling such a
+    delivery lost is safe: the job gets a new delivery id, and the old one, should it run after all,
+    claims nothing. Each queue's list is read once per reconcile run (as many ids as jobs wait, like
+    the database query that found them).
+    """
+
+    # A worker's BLPOP takes a delivery off its list a moment before the worker registers it as started:
+    # a "queued" delivery found in neither place is looked at once more this much later before it counts
+    # as lost (found by the load test, where reconcile runs over a long backlog while workers pop it).
+    RECHECK_SECONDS = 1.0
+
+    def __init__(self, *, now: datetime, grace_seconds: float) -> None:
+        from aipb.redis_client import get_redis
+
+        self.conn = get_redis()
+        self.now = now.timestamp()
+        self.grace = grace_seconds
+        self._listed: dict[str, set[str]] = {}  # queue name: ids in its list, read once per run
+
+    @staticmethod
+    def _text(value) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _in_list(self, origin: str) -> set[str]:
+        if origin not in self._listed:
+            from rq.queue import Queue
+
+            key, ids, start, step = Queue.redis_queue_namespace_prefix + origin, set(), 0, 10_000
+            while True:
+                chunk = self.conn.lrange(key, start, start + step - 1)
+                ids.update(self._text(item) for item in chunk)
+                if len(chunk) < step:
+                    break
+                start += step
+            self._listed[origin] = ids
+        return self._listed[origin]
+
+    def _started(self, origin: str) -> set[str]:
+        from rq.registry import StartedJobRegistry
+
+        members = self.conn.zrange(StartedJobRegistry.key_template.format(origin), 0, -1)
+        return {self._text(member).split(":", 1)[0] for member in members}  # "<job id>:<execution id>"
+
+    def alive(self, rq_job_ids: list[str]) -> set[str]:
+        found, suspects = self._judge(rq_job_ids, recheck=False)
+        if suspects:
+            time.sleep(self.RECHECK_SECONDS)
+            found |= self._judge(suspects, recheck=True)[0]
+        return found
+
+    def _judge(self, rq_job_ids: list[str], *, recheck: bool) -> tuple[set[str], list[str]]:
+        from rq.job import Job
+        from rq.job import JobStatus as RQStatus
+        from rq.queue import Queue
+        from rq.registry import ScheduledJobRegistry
+
+        found, scheduled, suspects = set(), [], []
+        started: dict[str, set[str]] = {}
+        for rq_job in Job.fetch_many(rq_job_ids, connection=self.conn):
+            status = rq_job.get_status(refresh=False) if rq_job is not None else None
+            if status == RQStatus.QUEUED:
+                origin = rq_job.origin
+                if origin not in started:
+                    started[origin] = self._started(origin)
+                listed = (
+                    self.conn.lpos(Queue.redis_queue_namespace_prefix + origin, rq_job.id) is not None
+                    if recheck
+                    else rq_job.id in self._in_list(origin)
+                )
+                if listed or rq_job.id in started[origin]:
+                    found.add(rq_job.id)
+                else:
+                    suspects.append(rq_job.id)
+            elif status == RQStatus.SCHEDULED:
+                scheduled.append(rq_job)
+            elif status == RQStatus.STARTED:
+                beat = rq_job.last_heartbeat or rq_job.started_at
+                if beat is None or beat.timestamp() > self.now - RECONCILE_STALE_HEARTBEAT_SECONDS:
+                    found.add(rq_job.id)
+            elif status == RQStatus.DEFERRED:
+                found.add(rq_job.id)
+        if scheduled:
+            pipe = self.conn.pipeline(transaction=False)
+            for rq_job in scheduled:
+                pipe.zscore(ScheduledJobRegistry.key_template.format(rq_job.origin), rq_job.id)
+            for rq_job, run_at in zip(scheduled, pipe.execute(), strict=True):
+                if run_at is not None and float(run_at) > self.now - self.grace:  # not overdue: a scheduler moves it
+                    found.add(rq_job.id)
+        return found, suspects
 
 
 def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GRACE_SECONDS) -> ReconcileReport:
@@ -478,14 +566,15 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
     waiting = AIJob.objects.filter(
         status__in=(JobStatus.QUEUED, JobStatus.RETRYING), updated_at__lt=now - timedelta(seconds=grace_seconds)
     ).only("id", "rq_job_id", "deliveries", "priority", "status", "next_attempt_at")
+    redis_view = _RedisView(now=now, grace_seconds=grace_seconds)
     batch: list[AIJob] = []
     for job in waiting.iterator(chunk_size=RECONCILE_BATCH):
         batch.append(job)
         if len(batch) >= RECONCILE_BATCH:
-            _requeue_lost(batch, report, now, dry_run)
+            _requeue_lost(batch, report, now, dry_run, redis_view)
             batch = []
     if batch:
-        _requeue_lost(batch, report, now, dry_run)
+        _requeue_lost(batch, report, now, dry_run, redis_view)
 
     expired = AIJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).values_list("id", flat=True)
     for job_id in list(expired[:10_000]):
@@ -497,8 +586,10 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
     return report
 
 
-def _requeue_lost(batch: list[AIJob], report: ReconcileReport, now: datetime, dry_run: bool) -> None:
-    alive = _rq_jobs_alive([job.rq_job_id for job in batch if job.rq_job_id])
+def _requeue_lost(
+    batch: list[AIJob], report: ReconcileReport, now: datetime, dry_run: bool, redis_view: _RedisView
+) -> None:
+    alive = redis_view.alive([job.rq_job_id for job in batch if job.rq_job_id])
     for job in batch:
         if job.rq_job_id in alive:
             continue
