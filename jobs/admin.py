@@ -22,6 +22,7 @@ from aipb.exceptions import NotFound, ServiceError
 from jobs import services
 from jobs.management.output import age
 from jobs.models import AIJob, JobAttempt
+from jobs.serializers import AttemptOutputSerializer
 
 log = logging.getLogger(__name__)
 _HEX_PREFIX = re.compile(r"^[0-9a-f]{4,}-?[0-9a-f-]*$")
@@ -33,20 +34,8 @@ class JobAttemptInline(StaffReadOnlyMixin, admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = False
-    fields = (
-        "number",
-        "outcome",
-        "error_type",
-        "error_message",
-        "started_at",
-        "finished_at",
-        "latency_ms",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
-        "validation_passed",
-        "provider_request_id",
-    )
+    # what the API shows of an attempt, plus whether its output passed validation
+    fields = (*AttemptOutputSerializer.Meta.fields, "validation_passed")
     readonly_fields = fields
     ordering = ("number",)
 
