@@ -86,21 +86,30 @@ def test_csv_streams_by_format_or_accept_header_and_equals_the_json(staff_api, u
 def test_current_month_and_last_n_days_cover_the_right_utc_days(staff_api, user):
     today = reports.utc_today()
     midnight = utc(today.year, today.month, today.day)
-    record(user, prompt=1, at=midnight)  # today's first instant
-    record(user, prompt=10, at=midnight - timedelta(days=6))  # the 7th day back, included in days=7
-    record(user, prompt=100, at=midnight - timedelta(days=6, microseconds=1))  # just outside days=7
     first = today.replace(day=1)
-    record(user, prompt=1_000, at=utc(first.year, first.month, 1) - timedelta(microseconds=1))  # last month
+    week_start, month_start = midnight - timedelta(days=6), utc(first.year, first.month, 1)
+    rows = {
+        1: midnight,  # today's first instant
+        10: week_start,  # the 7th day back, included in days=7
+        100: week_start - timedelta(microseconds=1),  # just outside days=7
+        1_000: month_start - timedelta(microseconds=1),  # last month's last instant
+    }
+    for prompt, at in rows.items():
+        record(user, prompt=prompt, at=at)
+
+    def since(start):
+        # Early in a month the 7-day window reaches into last month: what falls in it depends on the date
+        return sum(prompt for prompt, at in rows.items() if at >= start)
 
     week = staff_api.get(LAST_N_DAYS, {"days": 7}).json()
     assert (week["start"], week["end"]) == ((today - timedelta(days=6)).isoformat(), today.isoformat())
-    assert week["prompt_tokens"] == 11
+    assert week["prompt_tokens"] == since(week_start)
     assert staff_api.get(LAST_N_DAYS, {"days": 1}).json()["prompt_tokens"] == 1
     default = staff_api.get(LAST_N_DAYS).json()
     assert default["start"] == (today - timedelta(days=29)).isoformat()
     month = staff_api.get(CURRENT_MONTH).json()
     assert (month["start"], month["end"]) == (first.isoformat(), today.isoformat())
-    assert 1_000 > month["prompt_tokens"] >= 1
+    assert month["prompt_tokens"] == since(month_start) and month["prompt_tokens"] < 1_000
     assert_breakdowns_add_up(month)
     # report without dates: the month to date
     assert staff_api.get(REPORT).json() == month
