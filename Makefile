@@ -35,19 +35,18 @@ run: migrate version
 
 # Tests flush their Redis database: in embedded mode they get database 15 of the embedded server,
 # never the one `make run` uses; with REDIS_URL set, point it at a database you can lose.
-test: services version lint
-	@set -a; \
-	  if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then . var/embedded.env; REDIS_URL="$${REDIS_URL%db=0}db=15"; fi; \
-	  DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-secret-key}"; set +a; \
-	  $(PY) -m pytest --ignore=tests/e2e $(PYTEST_ARGS)
+# The fault drills and the load test (tests/e2e) bring their own private Postgres and Redis, which
+# they restart and flush, and run last.
+TEST_ENV = set -a; \
+  if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then . var/embedded.env; REDIS_URL="$${REDIS_URL%db=0}db=15"; fi; \
+  DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-secret-key}"; set +a
 
-# The fault drills and the load test (tests/e2e): private Postgres and Redis they restart, real
-# gunicorn and workers. Not yet part of `make test` / CI: see the note in tests/e2e/__init__.py.
+test: services version lint
+	@$(TEST_ENV); $(PY) -m pytest $(PYTEST_ARGS)
+
+# Only the fault drills and the load test, without lint (`make test` runs them too).
 test-e2e: services version
-	@set -a; \
-	  if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then . var/embedded.env; REDIS_URL="$${REDIS_URL%db=0}db=15"; fi; \
-	  DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-test-only-secret-key}"; set +a; \
-	  $(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+	@$(TEST_ENV); $(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install
 	.venv/bin/ruff check .

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -16,6 +17,15 @@ from jobs.models import FINAL_STATUSES, AIJob
 from jobs.providers import reset_providers
 from jobs.queues import all_queues
 from tests.factories import UserFactory
+
+DRILLS = Path(__file__).parent / "e2e"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-django, which orders tests by kind of database use
+def pytest_collection_modifyitems(items):
+    """The fault drills and the load test (tests/e2e, about ten minutes) run after everything else, so a
+    quick failure shows in seconds; the sort is stable, so the rest keep their order."""
+    items.sort(key=lambda item: item.path.is_relative_to(DRILLS))
 
 
 @pytest.fixture(autouse=True)
