@@ -179,8 +179,9 @@ class _Counter:
         from redis.connection import AbstractConnection
 
         counter = self
-        send, pack, packs = (
+        send, send_one, pack, packs = (
             AbstractConnection.send_packed_command,
+            AbstractConnection.send_command,
             AbstractConnection.pack_command,
             AbstractConnection.pack_commands,
         )
@@ -188,6 +189,12 @@ class _Counter:
         def send_packed_command(conn, command, check_health=True):
             counter.redis_round_trips += 1
             return send(conn, command, check_health)
+
+        # A command sent alone is packed inside send_command, without pack_command (redis-py 8): count it
+        # there. A pipeline's commands go through pack_commands; a caller packing its own, pack_command.
+        def send_command(conn, *args, **kwargs):
+            counter.redis_commands += 1
+            return send_one(conn, *args, **kwargs)
 
         def pack_command(conn, *args):
             counter.redis_commands += 1
@@ -197,10 +204,19 @@ class _Counter:
             counter.redis_commands += len(commands)
             return packs(conn, commands)
 
-        self._patched = [("send_packed_command", send), ("pack_command", pack), ("pack_commands", packs)]
-        AbstractConnection.send_packed_command = send_packed_command
-        AbstractConnection.pack_command = pack_command
-        AbstractConnection.pack_commands = pack_commands
+        self._patched = [
+            ("send_packed_command", send),
+            ("send_command", send_one),
+            ("pack_command", pack),
+            ("pack_commands", packs),
+        ]
+        for name, patch in (
+            ("send_packed_command", send_packed_command),
+            ("send_command", send_command),
+            ("pack_command", pack_command),
+            ("pack_commands", pack_commands),
+        ):
+            setattr(AbstractConnection, name, patch)
         self.commits_before = _commits()
         self._wrapper = connection.execute_wrapper(self._sql)
         self._wrapper.__enter__()
