@@ -12,6 +12,7 @@ import os
 from django.db import close_old_connections, connections
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from rq import worker_registration
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker, Worker
 
@@ -61,6 +62,10 @@ class ResilienceMixin:
       the queues): the lock outlives it by a minute, and the others try to take it over only in
       their maintenance, every 10 minutes, while an idle worker blocks in BLPOP for up to
       worker_ttl - 15 s. Until then every retry waited for `reconcile`. Check every minute instead.
+    - Redis restarted empty or flushed: the worker lives on but RQ has forgotten it (RQ's heartbeat only
+      touches the worker's own hash), so `ai_workers` read 0 and NoAIWorkers paged while jobs ran, until
+      every worker was restarted. Like Sidekiq's heartbeat, each of ours checks the worker is still
+      listed and registers it again when not: at every job and at least once a minute when idle.
     """
 
     CHECK_SECONDS = 60
@@ -74,6 +79,28 @@ class ResilienceMixin:
     @property
     def dequeue_timeout(self) -> int:
         return min(super().dequeue_timeout, self.CHECK_SECONDS)
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        if pipeline is not None:  # one step of RQ's own pipeline around a job: leave it as RQ built it
+            return super().heartbeat(timeout, pipeline)
+        # RQ sends these as separate commands; one pipeline (no MULTI: nothing here needs to be atomic) is
+        # one round trip, the membership check included
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.redis_workers_keys, self.key)
+            super().heartbeat(timeout, pipe)
+            listed = pipe.execute()[0]
+        if not listed:
+            self._register_again(timeout or self.worker_ttl + 60)
+
+    def _register_again(self, ttl: int) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, ttl)
+            pipe.execute()
+        self.log.warning(
+            "Worker %s: Redis had forgotten this worker (restarted or flushed); registered it again", self.name
+        )
 
 
 class AIPBWorker(ResilienceMixin, PauseAwareMixin, Worker):

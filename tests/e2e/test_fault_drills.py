@@ -181,10 +181,17 @@ def wait_succeeded(stack: Stack, n: int, *, timeout: float = 60) -> None:
     )
 
 
+def assert_listed_again(stack: Stack, workers) -> None:
+    """Redis forgot the workers; each listed itself again, so `ai_workers` counts them and NoAIWorkers stays quiet."""
+    assert {worker.pid for worker in workers} <= stack.registered_workers(), stack.logs("worker")
+    assert metric_sum(stack.scrape(), "ai_workers") == len(workers)
+
+
 def test_redis_flushed_mid_run(stack: Stack):
     """FLUSHALL while jobs wait, run and sit in RQ's scheduled registry (retries): every queue, registry,
     worker registration and scheduler lock is gone. Postgres still has every job; reconcile finds the
-    waiting rows whose deliveries vanished (once they are older than its 30 s grace) and queues them again.
+    waiting rows whose deliveries vanished (once they are older than its 30 s grace) and queues them again;
+    the workers, forgotten too, list themselves again.
     """
     started = time.monotonic()
     workers = start(stack)
@@ -197,6 +204,7 @@ def test_redis_flushed_mid_run(stack: Stack):
     finish(stack, specs, timeout=150, started=started)
     assert reconciled(stack)["lost from Redis"] > 0
     assert all(worker.alive() for worker in workers), stack.logs("worker")
+    assert_listed_again(stack, workers)
 
 
 def test_redis_restarted_empty(stack: Stack):
@@ -214,6 +222,7 @@ def test_redis_restarted_empty(stack: Stack):
     finish(stack, specs, timeout=150, started=started)
     assert reconciled(stack)["lost from Redis"] > 0
     assert all(worker.alive() for worker in workers), stack.logs("worker")
+    assert_listed_again(stack, workers)
 
 
 def test_postgres_restarted_mid_run(stack: Stack):

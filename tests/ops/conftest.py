@@ -61,10 +61,18 @@ def manage(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 class WorkerProcess:
     """`manage.py rqworker ai-high ai-default ai-low` (not burst) in its own process group."""
 
-    def __init__(self, tmp_path: Path, *, with_scheduler: bool = True, **env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        with_scheduler: bool = True,
+        worker_class: str = "aipb.worker.AIPBWorker",  # the forking worker: its work-horse can be killed
+        worker_ttl: int = 30,  # an idle worker's heartbeat comes every worker_ttl - 15 s
+        **env: str,
+    ) -> None:
         self.log_path = tmp_path / f"worker-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "manage.py", "rqworker", "ai-high", "ai-default", "ai-low", "--worker-ttl", "30"]
-        cmd += ["--worker-class", "aipb.worker.AIPBWorker"]  # the forking worker: its work-horse can be killed
+        cmd = [sys.executable, "manage.py", "rqworker", "ai-high", "ai-default", "ai-low"]
+        cmd += ["--worker-ttl", str(worker_ttl), "--worker-class", worker_class]
         if with_scheduler:
             cmd.append("--with-scheduler")
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()

@@ -1,0 +1,62 @@
+"""A worker Redis has forgotten (restarted empty, flushed) lists itself again, so `ai_workers`, the
+NoAIWorkers alert and the queue page tell the truth without every worker being restarted
+(aipb.worker.ResilienceMixin.heartbeat). Real worker processes against the test Redis database."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobs.models import AIJob, JobStatus
+from jobs.queue_control import queue_status
+from tests.ops.conftest import sim, submit, wait_for
+
+SIMPLE = "aipb.worker.AIPBSimpleWorker"
+FORKING = "aipb.worker.AIPBWorker"
+
+
+def listed(worker) -> dict | None:
+    """The worker as the queue page and `manage.py queue` list it."""
+    return next((w for w in queue_status()["workers"] if w["pid"] == worker.pid), None)
+
+
+def ai_workers() -> dict[str, float]:
+    text = Client().get("/metrics").content.decode()
+    return {
+        sample.labels["state"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ai_workers"
+    }
+
+
+# Not asserted: that the worker is unlisted right after the flush. It is, but its heartbeat may list it again
+# before the test looks; "registered it again" in its log is the proof it was forgotten and came back.
+
+
+@pytest.mark.parametrize("worker_class", [SIMPLE, FORKING])
+def test_a_worker_redis_forgot_lists_itself_again_at_its_next_job(worker_class, worker_process, redis_conn, user):
+    worker = worker_process(worker_class=worker_class, worker_ttl=300)  # idle heartbeat only every 60 s
+    # RQ lists a starting worker a moment before it writes its state, which ai_workers needs
+    wait_for(lambda: sum(ai_workers().values()) == 1, what="ai_workers to count the worker")
+    redis_conn.flushdb()
+
+    job = submit(user, **sim())
+    wait_for(lambda: AIJob.objects.get(id=job.id).status == JobStatus.SUCCEEDED, what="the job to succeed")
+    wait_for(lambda: listed(worker) is not None, what="the worker to list itself again")
+    entry = listed(worker)
+    assert entry["queues"] == ["ai-high", "ai-default", "ai-low"] and entry["last_heartbeat"]
+    assert ai_workers() == {"idle": 1, "busy": 0, "suspended": 0}
+    assert worker.log().count("registered it again") == 1  # once: later heartbeats find it listed
+
+
+def test_an_idle_worker_redis_forgot_lists_itself_again_within_a_heartbeat(worker_process, redis_conn):
+    worker = worker_process(worker_class=SIMPLE, worker_ttl=20)  # idle heartbeat every 5 s
+    name = listed(worker)["name"]
+    redis_conn.flushdb()
+
+    wait_for(lambda: "registered it again" in worker.log(), timeout=15, what="the idle worker's next heartbeat")
+    assert listed(worker) is not None and sum(ai_workers().values()) == 1
+    # the hash it wrote again expires like RQ's own: a worker that dies later must not be counted forever
+    assert 0 < redis_conn.ttl(f"rq:worker:{name}") <= 20 + 60
