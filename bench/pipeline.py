@@ -179,43 +179,29 @@ class _Counter:
         from redis.connection import AbstractConnection
 
         counter = self
-        send, send_one, pack, packs = (
-            AbstractConnection.send_packed_command,
-            AbstractConnection.send_command,
-            AbstractConnection.pack_command,
-            AbstractConnection.pack_commands,
-        )
 
         def send_packed_command(conn, command, check_health=True):
             counter.redis_round_trips += 1
-            return send(conn, command, check_health)
+            return originals["send_packed_command"](conn, command, check_health)
 
         # A command sent alone is packed inside send_command, without pack_command (redis-py 8): count it
         # there. A pipeline's commands go through pack_commands; a caller packing its own, pack_command.
         def send_command(conn, *args, **kwargs):
             counter.redis_commands += 1
-            return send_one(conn, *args, **kwargs)
+            return originals["send_command"](conn, *args, **kwargs)
 
         def pack_command(conn, *args):
             counter.redis_commands += 1
-            return pack(conn, *args)
+            return originals["pack_command"](conn, *args)
 
         def pack_commands(conn, commands):
             counter.redis_commands += len(commands)
-            return packs(conn, commands)
+            return originals["pack_commands"](conn, commands)
 
-        self._patched = [
-            ("send_packed_command", send),
-            ("send_command", send_one),
-            ("pack_command", pack),
-            ("pack_commands", packs),
-        ]
-        for name, patch in (
-            ("send_packed_command", send_packed_command),
-            ("send_command", send_command),
-            ("pack_command", pack_command),
-            ("pack_commands", pack_commands),
-        ):
+        patches = {f.__name__: f for f in (send_packed_command, send_command, pack_command, pack_commands)}
+        originals = {name: getattr(AbstractConnection, name) for name in patches}
+        self._patched = list(originals.items())
+        for name, patch in patches.items():
             setattr(AbstractConnection, name, patch)
         self.commits_before = _commits()
         self._wrapper = connection.execute_wrapper(self._sql)

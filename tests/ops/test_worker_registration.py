@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.models import AIJob, JobStatus
 from jobs.queue_control import queue_status
+from tests.e2e.books import metric_sum
 from tests.ops.conftest import sim, submit, wait_for
 
 SIMPLE = "aipb.worker.AIPBSimpleWorker"
@@ -21,14 +21,8 @@ def listed(worker) -> dict | None:
     return next((w for w in queue_status()["workers"] if w["pid"] == worker.pid), None)
 
 
-def ai_workers() -> dict[str, float]:
-    text = Client().get("/metrics").content.decode()
-    return {
-        sample.labels["state"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "ai_workers"
-    }
+def ai_workers(**labels: str) -> float:
+    return metric_sum(Client().get("/metrics").content.decode(), "ai_workers", **labels)
 
 
 # Not asserted: that the worker is unlisted right after the flush. It is, but its heartbeat may list it again
@@ -39,7 +33,7 @@ def ai_workers() -> dict[str, float]:
 def test_a_worker_redis_forgot_lists_itself_again_at_its_next_job(worker_class, worker_process, redis_conn, user):
     worker = worker_process(worker_class=worker_class, worker_ttl=300)  # idle heartbeat only every 60 s
     # RQ lists a starting worker a moment before it writes its state, which ai_workers needs
-    wait_for(lambda: sum(ai_workers().values()) == 1, what="ai_workers to count the worker")
+    wait_for(lambda: ai_workers() == 1, what="ai_workers to count the worker")
     redis_conn.flushdb()
 
     job = submit(user, **sim())
@@ -47,7 +41,7 @@ def test_a_worker_redis_forgot_lists_itself_again_at_its_next_job(worker_class, 
     wait_for(lambda: listed(worker) is not None, what="the worker to list itself again")
     entry = listed(worker)
     assert entry["queues"] == ["ai-high", "ai-default", "ai-low"] and entry["last_heartbeat"]
-    assert ai_workers() == {"idle": 1, "busy": 0, "suspended": 0}
+    assert ai_workers() == 1 and ai_workers(state="idle") == 1
     assert worker.log().count("registered it again") == 1  # once: later heartbeats find it listed
 
 
@@ -57,6 +51,6 @@ def test_an_idle_worker_redis_forgot_lists_itself_again_within_a_heartbeat(worke
     redis_conn.flushdb()
 
     wait_for(lambda: "registered it again" in worker.log(), timeout=15, what="the idle worker's next heartbeat")
-    assert listed(worker) is not None and sum(ai_workers().values()) == 1
+    assert listed(worker) is not None and ai_workers() == 1
     # the hash it wrote again expires like RQ's own: a worker that dies later must not be counted forever
     assert 0 < redis_conn.ttl(f"rq:worker:{name}") <= 20 + 60

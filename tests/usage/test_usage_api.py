@@ -109,7 +109,7 @@ def test_current_month_and_last_n_days_cover_the_right_utc_days(staff_api, user)
     assert default["start"] == (today - timedelta(days=29)).isoformat()
     month = staff_api.get(CURRENT_MONTH).json()
     assert (month["start"], month["end"]) == (first.isoformat(), today.isoformat())
-    assert month["prompt_tokens"] == since(month_start) and month["prompt_tokens"] < 1_000
+    assert month["prompt_tokens"] == since(month_start)
     assert_breakdowns_add_up(month)
     # report without dates: the month to date
     assert staff_api.get(REPORT).json() == month
