@@ -50,6 +50,7 @@ test-e2e: services version
 
 lint: install
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/ruff format --check .
 
 format: install

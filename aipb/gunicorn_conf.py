@@ -2,6 +2,8 @@
 
 import os
 
+from prometheus_client import multiprocess
+
 accesslog = "-"
 timeout = 30
 graceful_timeout = 20
@@ -13,6 +15,4 @@ def child_exit(server, worker):
     # gunicorn does not empty PROMETHEUS_MULTIPROC_DIR itself: on a host it shares the directory with
     # the RQ workers, so whatever starts the host's services empties it first (`make run` does).
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(worker.pid)

@@ -10,7 +10,7 @@ run (measured: 600 files after 200 jobs, a 60 ms file merge per scrape instead o
 
 So a work-horse writes under its worker's *slot*, ``<worker pid>-horse``, instead of its
 own pid (``install()`` puts ``LazyMultiProcessValue`` into prometheus_client, and
-``aipb.worker.AIPBWorker`` calls ``enter_work_horse()`` first thing in the horse):
+``jobs.worker.AIPBWorker`` calls ``enter_work_horse()`` first thing in the horse):
 
 - a worker runs one horse at a time and waits for it to exit (or kills it) before forking the
   next, and the worker itself writes under its own pid, so no two live processes ever write
@@ -45,6 +45,10 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import values as pc_values
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -89,15 +93,12 @@ def install(path: str) -> None:
     Must run before any metric value exists in the process (aipb.settings calls it), so that
     django-prometheus's metrics, django-rq's and ours all live in the same bounded set of files.
     """
-    from django.core.exceptions import ImproperlyConfigured
-    from prometheus_client import values
-
     if not path.strip() or path != path.strip() or not Path(path).is_dir():
         raise ImproperlyConfigured(
             f"{ENV_VAR}={path!r} is not a directory: create it (empty) before starting the web app and the workers"
         )
-    if not getattr(values.ValueClass, "_aipb", False):
-        values.ValueClass = LazyMultiProcessValue()
+    if not getattr(pc_values.ValueClass, "_aipb", False):
+        pc_values.ValueClass = LazyMultiProcessValue()
 
 
 def LazyMultiProcessValue():  # noqa: N802 - a class factory, like prometheus_client.values.MultiProcessValue
@@ -116,9 +117,6 @@ def LazyMultiProcessValue():  # noqa: N802 - a class factory, like prometheus_cl
     After a fork (new identifier) the first write closes the inherited files and re-reads every
     value from this identifier's files, so a work-horse continues its slot's counts.
     """
-    from prometheus_client import values as pc_values
-    from prometheus_client.mmap_dict import MmapedDict, mmap_key
-
     files: dict = {}
     known: list = []
     opened_as: dict = {"identifier": None}  # whose files `files` holds; None: none opened in this process yet

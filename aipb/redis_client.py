@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
@@ -27,8 +28,6 @@ def _build() -> redis.Redis:
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
     if settings.REDIS_SENTINELS:
-        from redis.sentinel import Sentinel
-
         sentinel = Sentinel(settings.REDIS_SENTINELS, socket_timeout=settings.REDIS_SOCKET_TIMEOUT)
         return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **common)
     return redis.Redis.from_url(settings.REDIS_URL, **common)

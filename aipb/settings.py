@@ -146,11 +146,22 @@ else:
     _rq_connection = {
         "URL": _with_query(REDIS_URL, socket_timeout=REDIS_SOCKET_TIMEOUT, health_check_interval=30),
     }
+
+
+def _worker_class(path: str) -> str:
+    # The classes lived in aipb.worker until the layers were enforced (aipb imports no app); keep the old
+    # value working in deployments that set it.
+    return {
+        "aipb.worker.AIPBWorker": "jobs.worker.AIPBWorker",
+        "aipb.worker.AIPBSimpleWorker": "jobs.worker.AIPBSimpleWorker",
+    }.get(path, path)
+
+
 RQ_QUEUES = {name: dict(_rq_connection, DEFAULT_TIMEOUT=900) for name in AI_QUEUES.values()}
 RQ = {
     # No fork per job: 4-5x less CPU per job than the forking AIPBWorker (bench/RESULTS.md, section 1);
     # provider calls carry their own timeout and a dead worker's job comes back through its lease.
-    "WORKER_CLASS": env_str("AI_WORKER_CLASS", "aipb.worker.AIPBSimpleWorker"),
+    "WORKER_CLASS": _worker_class(env_str("AI_WORKER_CLASS", "jobs.worker.AIPBSimpleWorker")),
     "COMMIT_MODE": "auto",  # we enqueue on commit ourselves (jobs.queues)
 }
 RQ_SHOW_ADMIN_LINK = True

@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     common.setup_django()
     from rest_framework.authtoken.models import Token
 
-    from jobs.services import job_submit
+    from jobs.submission import job_submit
 
     seconds = args.seconds or (5.0 if args.quick else 20.0)
     web_workers = args.web_workers or 2 * (os.cpu_count() or 1) + 1

@@ -18,8 +18,8 @@ LATENCY_MS = 1000
 TARGET_EFFICIENCY = 0.95
 QUEUES = ["ai-high", "ai-default", "ai-low"]
 WORKER_CLASSES = {
-    "simple": "aipb.worker.AIPBSimpleWorker",
-    "fork": "aipb.worker.AIPBWorker",
+    "simple": "jobs.worker.AIPBSimpleWorker",
+    "fork": "jobs.worker.AIPBWorker",
 }
 
 
@@ -35,7 +35,7 @@ def run(*, concurrency: int, rounds: int, worker_class: str, log) -> dict:
     from django.db.models import Max, Min
 
     from jobs.models import AIJob, JobStatus
-    from jobs.services import job_submit
+    from jobs.submission import job_submit
 
     common.reset_state()
     owner = common.bench_user()

@@ -2,7 +2,7 @@
 
 For each worker setup, two runs on the same Redis with the same worker processes and command:
 
-- ours: N jobs on the simulated provider with zero latency, submitted with ``jobs.services.job_submit``
+- ours: N jobs on the simulated provider with zero latency, submitted with ``jobs.submission.job_submit``
   (one transaction and one enqueue each, as the API does), then drained by real worker processes
   (``manage.py rqworker --burst`` x W, or ``manage.py rqworker-pool --num-workers W --burst``) on real
   Postgres and Redis, to their final state;
@@ -39,11 +39,11 @@ class Case:
 
 
 CASES = {
-    "fork": Case("fork", "forking AIPBWorker x W (rqworker)", "aipb.worker.AIPBWorker", False),
-    "pool": Case("pool", "worker pool of forking AIPBWorker (rqworker-pool)", "aipb.worker.AIPBWorker", True),
-    "simple": Case("simple", "AIPBSimpleWorker x W (rqworker)", "aipb.worker.AIPBSimpleWorker", False),
+    "fork": Case("fork", "forking AIPBWorker x W (rqworker)", "jobs.worker.AIPBWorker", False),
+    "pool": Case("pool", "worker pool of forking AIPBWorker (rqworker-pool)", "jobs.worker.AIPBWorker", True),
+    "simple": Case("simple", "AIPBSimpleWorker x W (rqworker)", "jobs.worker.AIPBSimpleWorker", False),
     "pool-simple": Case(
-        "pool-simple", "worker pool of AIPBSimpleWorker (rqworker-pool)", "aipb.worker.AIPBSimpleWorker", True
+        "pool-simple", "worker pool of AIPBSimpleWorker (rqworker-pool)", "jobs.worker.AIPBSimpleWorker", True
     ),
 }
 
@@ -98,7 +98,7 @@ def run_ours(case: Case, *, jobs: int, workers: int, log) -> Run:
     from django.db.models import Max, Min
 
     from jobs.models import AIJob, JobStatus
-    from jobs.services import job_submit
+    from jobs.submission import job_submit
 
     common.reset_state()
     owner = common.bench_user()
@@ -241,9 +241,9 @@ def round_trips(*, jobs: int) -> dict:
     from rq import Queue
 
     from aipb.redis_client import get_redis
-    from aipb.worker import AIPBSimpleWorker
     from jobs.queues import all_queues
-    from jobs.services import job_submit
+    from jobs.submission import job_submit
+    from jobs.worker import AIPBSimpleWorker
 
     settings.AI_RATE_LIMIT_PER_SECOND = 0
     out = {}

@@ -1,7 +1,7 @@
 """AIJob in the Django admin: list, filters, search, the page JSON readable, retry / cancel / delete.
 
 Like the queue API, jobs in the admin are for staff: every active staff user may see them and act
-on them. Rows are never edited by hand: every change goes through jobs.services (the conditional
+on them. Rows are never edited by hand: every change goes through jobs.actions (the conditional
 UPDATEs), so an action racing a worker either wins or is reported as a conflict.
 """
 
@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from aipb.admin_mixins import StaffReadOnlyMixin
 from aipb.exceptions import NotFound, ServiceError
-from jobs import services
+from jobs import actions
 from jobs.management.output import age
 from jobs.models import AIJob, JobAttempt
 from jobs.serializers import AttemptOutputSerializer
@@ -159,15 +159,15 @@ class AIJobAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry the selected dead or canceled jobs (fresh attempt budget)")
     def retry_selected(self, request, queryset):
-        self._apply(request, queryset, "retried", services.job_retry)
+        self._apply(request, queryset, "retried", actions.job_retry)
 
     @admin.action(description="Cancel the selected queued or retrying jobs")
     def cancel_selected(self, request, queryset):
-        self._apply(request, queryset, "canceled", services.job_cancel)
+        self._apply(request, queryset, "canceled", actions.job_cancel)
 
     @admin.action(description="Delete the selected jobs that are not running")
     def delete_selected_jobs(self, request, queryset):
-        self._apply(request, queryset, "deleted", services.job_delete)
+        self._apply(request, queryset, "deleted", actions.job_delete)
 
     # --- display ---
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -24,11 +25,12 @@ from aipb.api import (
     parse_body,
     parse_query,
 )
-from jobs import queue_control, selectors, services
-from jobs.catalogue import PROVIDER_IDS
+from jobs import actions, queue_control, selectors
+from jobs.catalogue import PROVIDER_IDS, providers_status
 from jobs.errors import ErrorType
-from jobs.models import JobStatus, Priority
+from jobs.models import MAX_ATTEMPTS_LIMIT, JobStatus, Priority
 from jobs.serializers import JobOutputSerializer, JobSummarySerializer
+from jobs.submission import job_submit
 
 
 class JobListParams(ListParams):
@@ -44,12 +46,12 @@ class JobListCreateApi(APIView):
     throttle_scope = "submit"
 
     class InputSerializer(StrictSerializer):
-        prompt = serializers.CharField(max_length=20_000, trim_whitespace=False)
+        prompt = serializers.CharField(max_length=settings.AI_MAX_PROMPT_CHARS, trim_whitespace=False)
         provider = serializers.ChoiceField(choices=PROVIDER_IDS, required=False)
         model = serializers.CharField(max_length=200, required=False)
         priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
         options = serializers.DictField(required=False, default=dict)
-        max_attempts = serializers.IntegerField(min_value=1, max_value=10, required=False)
+        max_attempts = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPTS_LIMIT, required=False)
 
     def get_throttles(self):
         return [ScopedRateThrottle()] if self.request.method == "POST" else []
@@ -81,7 +83,7 @@ class JobListCreateApi(APIView):
             raise serializers.ValidationError({"Idempotency-Key": ["must be 1 to 255 characters"]})
         if key is not None and "\x00" in key:  # PostgreSQL text cannot hold NUL
             raise serializers.ValidationError({"Idempotency-Key": ["must not contain NUL characters"]})
-        job, created = services.job_submit(owner=request.user, idempotency_key=key, **fields)
+        job, created = job_submit(owner=request.user, idempotency_key=key, **fields)
         job = selectors.job_get(user=request.user, job_id=job.id)
         return Response(
             JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -95,14 +97,14 @@ class JobDetailApi(APIView):
 
     @extend_schema(responses={204: None, **error_responses(404, 409)})
     def delete(self, request, job_id):
-        services.job_delete(job_id=job_id, owner=None if request.user.is_staff else request.user)
+        actions.job_delete(job_id=job_id, owner=None if request.user.is_staff else request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class JobRetryApi(APIView):
     @extend_schema(request=None, responses={202: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request, job_id):
-        job = services.job_retry(job_id=job_id, owner=None if request.user.is_staff else request.user)
+        job = actions.job_retry(job_id=job_id, owner=None if request.user.is_staff else request.user)
         job = selectors.job_get(user=request.user, job_id=job.id)
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -110,7 +112,7 @@ class JobRetryApi(APIView):
 class JobCancelApi(APIView):
     @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request, job_id):
-        job = services.job_cancel(job_id=job_id, owner=None if request.user.is_staff else request.user)
+        job = actions.job_cancel(job_id=job_id, owner=None if request.user.is_staff else request.user)
         job = selectors.job_get(user=request.user, job_id=job.id)
         return Response(JobOutputSerializer(job).data)
 
@@ -118,8 +120,6 @@ class JobCancelApi(APIView):
 class ProviderListApi(APIView):
     @extend_schema(responses={200: serializers.ListSerializer(child=serializers.DictField()), **error_responses()})
     def get(self, request):
-        from jobs.catalogue import providers_status
-
         return Response(providers_status())
 
 

@@ -1,4 +1,4 @@
-"""AIJob and JobAttempt (DESIGN.md §5). State changes happen only in jobs.services, as conditional UPDATEs."""
+"""AIJob and JobAttempt (DESIGN.md §5). Status changes happen only in jobs.transitions, as conditional UPDATEs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class JobStatus(models.TextChoices):
     DEAD = "dead"
     CANCELED = "canceled"
 
+
+MAX_ATTEMPTS_LIMIT = 10  # the most attempts one submission or retry may be granted
 
 FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELED)
 WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
@@ -90,6 +92,22 @@ class AttemptOutcome(models.TextChoices):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ABANDONED = "abandoned"
+
+
+# What an attempt shows outside the database: the API's attempt_history, the admin inline, the dead letter's copy.
+ATTEMPT_FIELDS = (
+    "number",
+    "outcome",
+    "error_type",
+    "error_message",
+    "started_at",
+    "finished_at",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "provider_request_id",
+)
 
 
 class JobAttempt(models.Model):

@@ -1,7 +1,7 @@
 """One attempt, start to end (DESIGN.md §2): the one place that decides what happens to it.
 
-claim → rate limit → provider call with timeout → validate → record (attempt, usage,
-and success, retry or death with its dead letter, in one transaction) → metrics.
+claim → rate limit → provider call with timeout → validate → record (the state change, the attempt, its
+usage, and a death's dead letter, in one transaction that this module owns) → accounting (metrics).
 """
 
 from __future__ import annotations
@@ -9,17 +9,22 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
+from decimal import Decimal
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from jobs import ratelimit, services
-from jobs.errors import Classified, ErrorType, classify
-from jobs.models import AIJob, JobStatus
+from dlq.records import dead_letter
+from jobs import accounting, ratelimit, transitions
+from jobs.errors import Classified, classify
+from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobStatus
 from jobs.providers import get_provider
 from jobs.providers.base import CallContext, ProviderError
 from jobs.schema import PageInvalid, parse_page
-from monitoring import metrics
+from jobs.transitions import AttemptRecord
+from usage.services import usage_record
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +58,14 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         if job is None:
             return "skipped: nothing to claim"
         delay = max(decision.wait_seconds, 0.05) + random.uniform(0, settings.AI_RATE_LIMIT_RETRY_SECONDS)
-        if services.job_reschedule_delivery(job=job, rq_job_id=rq_job_id, delay=delay):
-            metrics.rate_limited(provider=provider)
+        with transaction.atomic():
+            rescheduled = transitions.delivery_replace(job, delay=delay)
+        if rescheduled:
+            accounting.delivery_throttled(provider=provider)
             return f"throttled: re-scheduled in {delay:.2f}s"
         return "skipped: nothing to claim"
 
-    job = services.job_claim(job_id=job_id, rq_job_id=rq_job_id)
+    job = transitions.job_claim(job_id=job_id, rq_job_id=rq_job_id)
     if job is None:
         return "skipped: claimed elsewhere"
     return _attempt(job)
@@ -66,7 +73,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
 
 def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
     job = AIJob.objects.filter(id=job_id).first()
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RETRYING) or job.rq_job_id != rq_job_id:
+    if job is None or job.status not in WAITING_STATUSES or job.rq_job_id != rq_job_id:
         return None
     return job
 
@@ -94,7 +101,7 @@ def _attempt(job: AIJob) -> str:
     validation_passed = None
     if response is not None:
         validation_passed = error is None
-    record = services.AttemptRecord(
+    record = AttemptRecord(
         number=number,
         started_at=started_at,
         finished_at=timezone.now(),
@@ -104,58 +111,62 @@ def _attempt(job: AIJob) -> str:
         validation_passed=validation_passed,
     )
 
-    if error is None:
-        result = services.attempt_succeeded(job=job, record=record, page=page)
-        classified = None
-    else:
+    classified = None
+    if error is not None:
         classified = classify(error)
         if not isinstance(error, (ProviderError, PageInvalid)):
             log.exception("job %s attempt %s failed unexpectedly", job.id, number, exc_info=error)
-        result = services.attempt_failed(
-            job=job, record=record, error=classified, retry_delay=_retry_delay(job, classified)
-        )
-
-    _observe(job, record, seconds, classified, result)
-    if not result.applied:
+    result = _record(job, record, page, classified)
+    accounting.attempt_ended(
+        provider=job.provider,
+        model=job.model,
+        record=record,
+        seconds=seconds,
+        outcome=result.outcome,
+        error=classified,
+        status=result.status,
+        cost=result.cost,
+    )
+    if result.status is None:
         return f"abandoned: attempt {number} lost its lease"
     if classified is None:
         return "succeeded"
     return f"{result.status}: {classified.type}"
 
 
-def _retry_delay(job: AIJob, classified: Classified) -> float | None:
-    used = job.attempts - job.budget_base
-    if not classified.retryable or used >= job.max_attempts:
-        return None
-    return backoff_seconds(attempt_in_budget=used, retry_after=classified.retry_after)
+@dataclass(frozen=True)
+class _Recorded:
+    outcome: str | None  # of the attempt; None: lease recovery already counted it as abandoned
+    status: str | None  # the job's new state; None: the job was taken back by lease recovery meanwhile
+    cost: Decimal | None
 
 
-def _observe(job: AIJob, record, seconds: float, classified: Classified | None, result) -> None:
-    provider, model = job.provider, job.model
-    outcome = "abandoned" if not result.applied else ("succeeded" if classified is None else "failed")
-    metrics.attempt_finished(
-        provider=provider,
-        model=model,
-        outcome=outcome,
-        seconds=seconds,
-        error_type=classified.type if classified else "",
-        validation_passed=record.validation_passed,
-    )
+@transaction.atomic
+def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Classified | None) -> _Recorded:
+    """The attempt's end in one transaction: state change, attempt row, usage row, dead letter."""
+    if classified is None:
+        status = JobStatus.SUCCEEDED if transitions.job_succeed(job=job, record=record, page=page) else None
+    elif (delay := _retry_delay(job, classified)) is not None:
+        applied = transitions.job_retry_later(job=job, record=record, error=classified, delay=delay)
+        status = JobStatus.RETRYING if applied else None
+    else:
+        status = JobStatus.DEAD if transitions.job_die(job=job, record=record, error=classified) else None
+    if status is None:
+        outcome = AttemptOutcome.ABANDONED
+    else:
+        outcome = AttemptOutcome.SUCCEEDED if classified is None else AttemptOutcome.FAILED
+    created = transitions.attempt_save(job=job, record=record, outcome=outcome, error=classified)
+    usage = None
     if record.usage is not None:
-        metrics.usage_recorded(
-            provider=provider,
-            model=model,
-            prompt=record.usage.prompt_tokens,
-            completion=record.usage.completion_tokens,
-            cached=record.usage.cached_tokens,
-            cost=result.cost,
-        )
-    if not result.applied:
-        return
-    if result.status == JobStatus.RETRYING:
-        metrics.retry_scheduled(provider=provider, model=model)
-    elif result.status in (JobStatus.SUCCEEDED, JobStatus.DEAD):
-        metrics.job_finished(provider=provider, model=model, status=result.status)
+        usage = usage_record(job=job, attempt=record.number, usage=record.usage, at=record.finished_at)
+    if status == JobStatus.DEAD:
+        job.refresh_from_db()
+        dead_letter(job=job, classified=classified)
+    counted = outcome == AttemptOutcome.ABANDONED and not created  # lease recovery recorded and counted it
+    return _Recorded(outcome=None if counted else outcome, status=status, cost=usage.cost if usage else None)
 
 
-__all__ = ["run_attempt", "backoff_seconds", "ErrorType"]
+def _retry_delay(job: AIJob, classified: Classified) -> float | None:
+    if not classified.retryable or job.attempts_left <= 0:
+        return None
+    return backoff_seconds(attempt_in_budget=job.attempts - job.budget_base, retry_after=classified.retry_after)

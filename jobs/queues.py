@@ -1,15 +1,34 @@
-"""RQ transport: which queue a job goes on and how a delivery is enqueued."""
+"""RQ transport: the queues' names, how a delivery is put on a queue or taken off it, their sizes, the pause flag.
+
+Every key name and structure of RQ's that aipb reads or writes is used here or in jobs.redis_state, nowhere
+else: the queue lists, the registries, the scheduled set, the suspension flag.
+
+Pause is RQ's suspension flag in Redis (`rq:suspended`, the one `rq suspend` and django-rq's `rqsuspend`
+set): every worker on every host checks it before taking a job, so a pause reaches all of them and survives
+worker restarts (not a Redis flush). Who paused, when and why live beside it (RQ's flag carries no such thing).
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.suspension import is_suspended, resume, suspend
 
 from aipb.redis_client import get_redis
 
-QUEUE_ORDER = ("ai-high", "ai-default", "ai-low")  # workers drain them in this order
+# Workers drain the queues in this order; the names themselves are settings.AI_QUEUES (priority: name).
+QUEUE_PRIORITY_ORDER = ("high", "normal", "low")
+QUEUE_ORDER = tuple(settings.AI_QUEUES[priority] for priority in QUEUE_PRIORITY_ORDER)
+QUEUE_STATUSES = ("waiting", "active", "delayed", "completed", "failed")
+PAUSE_INFO_KEY = "aipb:queue:paused"
 
 
 def queue_name(priority: str) -> str:
@@ -50,3 +69,119 @@ def enqueue_delivery(
         queue.enqueue_at(_run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, provider, **kwargs)
     else:
         queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, **kwargs)
+
+
+def delivery_delete(rq_job_id: str) -> None:
+    """Remove one delivery from Redis (if it is still there, it would find nothing to claim anyway)."""
+    try:
+        Job.fetch(rq_job_id, connection=get_redis()).delete()
+    except NoSuchJobError:
+        pass
+
+
+def deliveries_delete(conn, rq_job_ids: list[str]) -> None:
+    """Delete the deliveries' job hashes (already taken out of their list or registry)."""
+    if not rq_job_ids:
+        return
+    with conn.pipeline() as pipe:
+        for rq_job in Job.fetch_many(rq_job_ids, connection=conn):
+            if rq_job is not None:
+                rq_job.delete(pipeline=pipe, remove_from_queue=False)
+        pipe.execute()
+
+
+# --- sizes ---
+
+
+def queue_sizes(conn, *, now: float | None = None) -> dict[str, dict[str, int]]:
+    """Deliveries per status for each AI queue, from RQ's structures in Redis (one round trip).
+
+    active/completed/failed count only registry entries that have not expired (scored after now): an
+    entry whose worker died stops counting as active once its heartbeat lapses. A read must not run
+    RQ's cleanup itself, as the started registry's moves abandoned jobs.
+    """
+    now = time.time() if now is None else now
+    pipe = conn.pipeline(transaction=False)
+    for name in QUEUE_ORDER:
+        pipe.llen(Queue.redis_queue_namespace_prefix + name)
+        pipe.zcount(StartedJobRegistry.key_template.format(name), f"({now}", "+inf")
+        pipe.zcard(ScheduledJobRegistry.key_template.format(name))
+        pipe.zcount(FinishedJobRegistry.key_template.format(name), f"({now}", "+inf")
+        pipe.zcount(FailedJobRegistry.key_template.format(name), f"({now}", "+inf")
+    replies = iter(pipe.execute())
+    return {name: {status: int(next(replies)) for status in QUEUE_STATUSES} for name in QUEUE_ORDER}
+
+
+def sizes_total(per_queue: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {status: sum(sizes[status] for sizes in per_queue.values()) for status in QUEUE_STATUSES}
+
+
+def waiting_ids(name: str) -> list[str]:
+    return [str(i) for i in get_queue(name).get_job_ids()]
+
+
+def registry_key(name: str, status: str) -> str:
+    registry = {"delayed": ScheduledJobRegistry, "failed": FailedJobRegistry, "completed": FinishedJobRegistry}
+    return registry[status].key_template.format(name)
+
+
+def registry_ids(name: str, status: str) -> list[str]:
+    return [as_text(member) for member in get_redis().zrange(registry_key(name, status), 0, -1)]
+
+
+def list_key(name: str) -> str:
+    return Queue.redis_queue_namespace_prefix + name
+
+
+def take_out(conn, key: str, rq_job_ids: list[str], *, kind: str) -> list[str]:
+    """Remove the ids from a queue list (kind "list") or a registry ("zset"); returns those that were still
+    there (a worker or the scheduler may have moved the rest meanwhile, and those are not ours to delete)."""
+    with conn.pipeline() as pipe:
+        for rq_id in rq_job_ids:
+            if kind == "list":
+                pipe.lrem(key, 1, rq_id)
+            else:
+                pipe.zrem(key, rq_id)
+        results = pipe.execute()
+    return [rq_id for rq_id, n in zip(rq_job_ids, results, strict=True) if n]
+
+
+def batched(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def as_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- the pause flag ---
+
+
+def is_paused(conn=None) -> bool:
+    return bool(is_suspended(conn or get_redis()))
+
+
+def pause_info(conn) -> dict:
+    raw = conn.get(PAUSE_INFO_KEY)
+    try:
+        info = json.loads(raw) if raw else {}
+    except ValueError:
+        info = {}
+    return {"paused_by": info.get("by", ""), "paused_at": info.get("at"), "reason": info.get("reason", "")}
+
+
+def pause_set(conn, *, by: str, at: str, reason: str) -> bool:
+    """Raise the flag; returns whether it was down. A second pause keeps the first one's who/when/why."""
+    was_paused = is_paused(conn)
+    suspend(conn)
+    conn.set(PAUSE_INFO_KEY, json.dumps({"by": by, "at": at, "reason": reason}), nx=was_paused)
+    return not was_paused
+
+
+def pause_clear(conn) -> bool:
+    """Lower the flag; returns whether it was up."""
+    with conn.pipeline() as pipe:
+        resume(pipe)
+        pipe.delete(PAUSE_INFO_KEY)
+        return bool(pipe.execute()[0])

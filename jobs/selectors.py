@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from aipb.exceptions import NotFound
-from jobs.models import AIJob
+from jobs.models import AIJob, JobAttempt, JobStatus
 
 LIST_FILTERS = ("status", "provider", "model", "priority", "error_type")
 
@@ -40,12 +42,6 @@ def job_metrics(*, since, until=None) -> dict:
     Jobs count by creation time; attempts (retries, processing time, validation, errors) by start time.
     success_rate is succeeded / (succeeded + dead): jobs still waiting or canceled decided nothing.
     """
-    from django.db import connection
-    from django.db.models import Count
-    from django.utils import timezone
-
-    from jobs.models import JobAttempt, JobStatus
-
     until = until or timezone.now()
     by_status = dict.fromkeys(JobStatus.values, 0)
     rows = (

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from jobs.models import AIJob, JobAttempt
+from jobs.models import ATTEMPT_FIELDS, AIJob, JobAttempt
 
 
 class AttemptOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobAttempt
-        fields = (
-            "number",
-            "outcome",
-            "error_type",
-            "error_message",
-            "started_at",
-            "finished_at",
-            "latency_ms",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "provider_request_id",
-        )
+        fields = ATTEMPT_FIELDS
 
 
 class JobSummarySerializer(serializers.ModelSerializer):

@@ -8,8 +8,8 @@ rate, build info) live in monitoring.collectors and read Redis or a bounded quer
 them is a prometheus_client Gauge, so none needs a multiprocess mode. A Gauge added here
 must name its ``multiprocess_mode`` explicitly (tests/monitoring/test_metrics.py checks).
 
-The helpers run after the pipeline's transaction commits, so a rolled-back attempt is
-never counted.
+The helpers are called by jobs.accounting only, after the transaction that recorded the end
+commits, so a rolled-back attempt is never counted.
 """
 
 from __future__ import annotations
@@ -53,15 +53,16 @@ def attempt_finished(
     outcome: str,
     seconds: float,
     error_type: str = "",
-    validation_passed: bool | None = None,
 ) -> None:
     PROCESSING.labels(provider, model).observe(seconds)
     ATTEMPTS.labels(provider, model, outcome).inc()
     if error_type:
         ERRORS.labels(provider, model, error_type).inc()
-    if validation_passed is not None:
-        VALIDATION.labels(provider, model, "pass" if validation_passed else "fail").inc()
-        validation_window.record(passed=validation_passed)  # ai_jobs_validation_pass_rate
+
+
+def output_validated(*, provider: str, model: str, passed: bool) -> None:
+    VALIDATION.labels(provider, model, "pass" if passed else "fail").inc()
+    validation_window.record(passed=passed)  # ai_jobs_validation_pass_rate
 
 
 def retry_scheduled(*, provider: str, model: str) -> None:

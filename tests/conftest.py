@@ -112,7 +112,7 @@ def _pending(conn) -> bool:
 def run_worker(redis_conn, transactional_db) -> Callable[..., int]:
     """Run a real RQ worker (the project's forking worker class unless told otherwise) in burst mode,
     with the scheduler, until no job waits or is scheduled, or ``until()`` is true. Returns the passes made."""
-    from aipb.worker import AIPBWorker
+    from jobs.worker import AIPBWorker
 
     def run(*, timeout: float = 30.0, worker_class=AIPBWorker, until: Callable[[], bool] | None = None) -> int:
         deadline = time.monotonic() + timeout

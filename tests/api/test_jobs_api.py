@@ -221,11 +221,11 @@ def test_cancel_retry_delete_state_rules(api, run_worker, redis_conn):
 
 
 def test_delete_of_a_running_job_is_409(api, user, redis_conn):
-    from jobs import services
+    from jobs import transitions
 
     job_id = api.post(JOBS, {"prompt": "x"}, format="json").json()["id"]
     job = AIJob.objects.get(id=job_id)
-    assert services.job_claim(job_id=job_id, rq_job_id=job.rq_job_id) is not None
+    assert transitions.job_claim(job_id=job_id, rq_job_id=job.rq_job_id) is not None
     assert_error(api.delete(f"{JOBS}/{job_id}"), 409)
     assert AIJob.objects.filter(id=job_id, status="running").exists()
 

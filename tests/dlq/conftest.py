@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dlq.models import DeadLetter
-from jobs import pipeline, services
+from jobs import pipeline, submission
 from jobs.models import AIJob
 
 
@@ -18,7 +18,7 @@ def submit_failing(
     model: str = "sim-small",
     prompt: str = "A landing page for a bakery in Lisbon",
 ) -> AIJob:
-    job, created = services.job_submit(
+    job, created = submission.job_submit(
         owner=owner,
         prompt=prompt,
         provider="simulated",

@@ -7,7 +7,7 @@ import re
 from django.test import Client
 
 from dlq.models import DeadLetter
-from jobs import services
+from jobs import actions
 from jobs.models import AIJob, JobStatus
 
 CHANGELIST = "/admin/dlq/deadletter/"
@@ -25,7 +25,7 @@ def test_changelist_shows_entries_and_stats_and_filters(kill, user, staff_client
     auth = kill(user, error="auth")
     flaky = kill(user, error="unavailable", model="sim-large")
     gone = kill(user, error="model_not_found")
-    services.job_retry(job_id=gone.job_uuid)  # resolves it
+    actions.job_retry(job_id=gone.job_uuid)  # resolves it
 
     response = staff_client.get(CHANGELIST)
 
@@ -68,14 +68,14 @@ def test_change_page_shows_the_snapshot_and_attempt_history_escaped(kill, user, 
 
 def test_change_page_of_an_entry_whose_job_was_deleted(kill, user, staff_client):
     entry = kill(user)
-    services.job_delete(job_id=entry.job_uuid)
+    actions.job_delete(job_id=entry.job_uuid)
     html = staff_client.get(f"{CHANGELIST}{entry.id}/change/").content.decode()
     assert f"{entry.job_uuid} <strong>(deleted)</strong>" in html
 
 
 def test_retry_and_discard_actions(kill, user, staff_client):
     retry_me, discard_me, orphan = kill(user), kill(user), kill(user)
-    services.job_delete(job_id=orphan.job_uuid)
+    actions.job_delete(job_id=orphan.job_uuid)
 
     response = staff_client.post(
         CHANGELIST,

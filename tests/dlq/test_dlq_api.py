@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dlq.models import DeadLetter
-from jobs import services
+from jobs import actions
 from jobs.models import AIJob, JobStatus
 from jobs.queues import all_queues
 
@@ -119,7 +119,7 @@ def test_retry_and_discard_of_an_unknown_entry_are_404_and_change_nothing(kill, 
 
 def test_retry_of_an_entry_whose_job_was_deleted_is_409_and_the_entry_keeps_its_job_id(kill, user, staff_api):
     entry = kill(user)
-    services.job_delete(job_id=entry.job_uuid)
+    actions.job_delete(job_id=entry.job_uuid)
     assert not AIJob.objects.filter(id=entry.job_uuid).exists()
     before = snapshot()
 

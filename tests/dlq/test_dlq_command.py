@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from dlq.models import DeadLetter
-from jobs import services
+from jobs import actions
 from jobs.models import AIJob, JobStatus
 from jobs.queues import all_queues
 
@@ -126,12 +126,12 @@ def test_prune_applies_retention_and_keeps_the_jobs(kill, user, settings):
 
 
 def test_prune_beyond_one_batch(kill, user, settings):
-    from dlq import services as dlq_services
+    from dlq import records as dlq_records
 
     for _ in range(5):
         kill(user)
     settings.AI_DLQ_MAX_ENTRIES = 1
-    assert dlq_services.dlq_prune(batch=2).as_dict() == {"deleted": 4, "expired": 0, "over_cap": 4}
+    assert dlq_records.dlq_prune(batch=2).as_dict() == {"deleted": 4, "expired": 0, "over_cap": 4}
     assert DeadLetter.objects.count() == 1
 
 
@@ -169,5 +169,5 @@ def test_bad_input_is_a_one_line_command_error_and_changes_nothing(kill, user, a
 
 def test_retry_of_an_entry_whose_job_was_deleted(kill, user):
     entry = kill(user)
-    services.job_delete(job_id=entry.job_uuid)
+    actions.job_delete(job_id=entry.job_uuid)
     assert "was deleted; discard the entry instead" in refused("retry", str(entry.id))

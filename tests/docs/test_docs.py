@@ -34,9 +34,9 @@ from django.test import Client
 from django.urls import Resolver404, resolve
 from prometheus_client.parser import text_string_to_metric_families
 
-from aipb.worker import AIPBSimpleWorker
-from jobs import services
+from jobs import submission
 from jobs.models import AIJob, JobStatus
+from jobs.worker import AIPBSimpleWorker
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -502,7 +502,7 @@ def test_relative_links_between_the_docs_resolve():
 
 
 def _submit(user, **simulate) -> AIJob:
-    job, created = services.job_submit(
+    job, created = submission.job_submit(
         owner=user,
         prompt="A landing page for a bakery in Lisbon",
         provider="simulated",

@@ -50,8 +50,8 @@ TEMPLATE_DB = "aipb_template"
 USERNAME = "drill"
 STAFF_USERNAME = "drill-ops"
 QUEUES = ("ai-high", "ai-default", "ai-low")
-FORKING = "aipb.worker.AIPBWorker"
-SIMPLE = "aipb.worker.AIPBSimpleWorker"
+FORKING = "jobs.worker.AIPBWorker"
+SIMPLE = "jobs.worker.AIPBSimpleWorker"
 
 # What every drill's processes run with: the simulated provider on, leases and backoffs short so a
 # lost attempt comes back within seconds, no rate limit, no submission throttle in the way of a burst.

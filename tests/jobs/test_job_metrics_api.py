@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import services
+from jobs import actions, submission
 from jobs.models import AIJob, JobAttempt
 
 URL = "/api/ai/jobs/metrics"
@@ -17,7 +17,7 @@ URL = "/api/ai/jobs/metrics"
 def submit(user, sim: dict | None = None, **kwargs) -> AIJob:
     if sim is not None:
         kwargs.update(provider="simulated", model="sim-small", options={"simulate": sim})
-    job, _ = services.job_submit(owner=user, prompt="A page for a bike shop", **kwargs)
+    job, _ = submission.job_submit(owner=user, prompt="A page for a bike shop", **kwargs)
     return job
 
 
@@ -36,7 +36,7 @@ def test_metrics_after_a_known_mix_of_jobs(user, staff_api, run_worker):
     submit(user, sim={"fail_attempts": 1, "error": "auth"})  # dead after 1 attempt
     submit(user, sim={"fail_attempts": 5, "error": "invalid_page"}, max_attempts=2)  # dead after 2 invalid pages
     canceled = submit(user, sim={})
-    services.job_cancel(job_id=canceled.id)
+    actions.job_cancel(job_id=canceled.id)
     run_worker()
     submit(user, provider="local")  # still queued
 

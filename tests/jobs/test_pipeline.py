@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from dlq.models import DeadLetter
-from jobs import pipeline, services
+from jobs import actions, pipeline, submission, transitions
 from jobs.models import AIJob, JobAttempt, JobStatus
 from jobs.queues import get_queue
 from jobs.schema import validate_page
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def submit(user, **kwargs) -> AIJob:
     kwargs.setdefault("prompt", "A landing page for a bakery in Lisbon")
-    job, created = services.job_submit(owner=user, **kwargs)
+    job, created = submission.job_submit(owner=user, **kwargs)
     assert created
     return job
 
@@ -112,8 +112,8 @@ def test_duplicate_delivery_runs_once(user, run_worker):
 
 def test_a_claimed_job_cannot_be_claimed_again(user, redis_conn):
     job = submit(user)
-    assert services.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is not None
-    assert services.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is None
+    assert transitions.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is not None
+    assert transitions.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is None
     assert pipeline.run_attempt(str(job.id), job.rq_job_id).startswith("skipped")
 
 
@@ -128,13 +128,13 @@ def test_cancel_racing_a_claim_has_exactly_one_winner(user, redis_conn):
 
         def claim(job=job, barrier=barrier, results=results):
             barrier.wait()
-            results["claim"] = services.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is not None
+            results["claim"] = transitions.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is not None
             connections.close_all()
 
         def cancel(job=job, barrier=barrier, results=results):
             barrier.wait()
             try:
-                services.job_cancel(job_id=job.id)
+                actions.job_cancel(job_id=job.id)
                 results["cancel"] = True
             except Exception:
                 results["cancel"] = False

@@ -95,13 +95,13 @@ def test_per_provider_buckets(redis_conn, settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_throttled_jobs_wait_without_spending_attempts(user, run_worker, settings):
-    from jobs import services
+    from jobs import submission
     from jobs.models import AIJob, JobAttempt
 
     settings.AI_RATE_LIMIT_PER_SECOND = 5
     settings.AI_RATE_LIMIT_BURST = 1
     settings.AI_RATE_LIMIT_RETRY_SECONDS = 0.05
-    jobs = [services.job_submit(owner=user, prompt=f"page {i}")[0] for i in range(6)]
+    jobs = [submission.job_submit(owner=user, prompt=f"page {i}")[0] for i in range(6)]
     started = time.monotonic()
     run_worker(timeout=60)
     elapsed = time.monotonic() - started

@@ -30,13 +30,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from aipb.views import build_info
-from aipb.worker import AIPBSimpleWorker, AIPBWorker
 from dlq.models import DeadLetter
 from dlq.services import dlq_discard
-from jobs import services
+from jobs import queues, redis_state, submission
 from jobs.models import AIJob, JobStatus
 from jobs.queues import all_queues, get_queue
-from monitoring import collectors, metrics, validation_window
+from jobs.worker import AIPBSimpleWorker, AIPBWorker
+from monitoring import metrics, validation_window
 from tests.monitoring.test_monitoring_config import EXPORTED_METRICS
 from usage.models import ModelPrice
 
@@ -91,7 +91,7 @@ def ensure_sim_price() -> None:
 
 
 def submit(user, **simulate) -> AIJob:
-    job, created = services.job_submit(
+    job, created = submission.job_submit(
         owner=user,
         prompt="A landing page for a bakery in Lisbon",
         provider="simulated",
@@ -199,7 +199,7 @@ def test_queue_sizes_come_from_rq(user, run_worker, redis_conn):
     FailedJobRegistry(queue=get_queue("ai-low")).add(expired, ttl=-2)  # -2 s: already expired
     redis_conn.rpush(Queue.redis_queue_namespace_prefix + "some-other-app", "not-ours")
 
-    sizes = collectors.queue_sizes(redis_conn)
+    sizes = queues.sizes_total(queues.queue_sizes(redis_conn))
 
     assert sizes == {"waiting": len(waiting), "active": 0, "delayed": 1, "completed": 1, "failed": 1}
     text = scrape()
@@ -233,7 +233,7 @@ def test_workers_by_state_from_rqs_registry(db, redis_conn):
     gone = worker("gone-1", "idle")
     redis_conn.delete(gone.key)  # died without unregistering: its hash expired
 
-    assert collectors.worker_states(redis_conn) == {"idle": 2, "busy": 2, "suspended": 1}
+    assert redis_state.worker_states(redis_conn) == {"idle": 2, "busy": 2, "suspended": 1}
     samples = parse_metrics(scrape())
     assert [value(samples, "ai_workers", state=s) for s in ("idle", "busy", "suspended")] == [2, 2, 1]
 
@@ -345,9 +345,8 @@ def test_redis_down_leaves_the_redis_gauges_out_but_scrape_works(db, monkeypatch
 
     text = Client().get("/metrics").content.decode()
     # the pipeline's metrics call still works: the window write fails quietly
-    metrics.attempt_finished(
-        provider="simulated", model="sim-small", outcome="succeeded", seconds=0.1, validation_passed=True
-    )
+    metrics.attempt_finished(provider="simulated", model="sim-small", outcome="succeeded", seconds=0.1)
+    metrics.output_validated(provider="simulated", model="sim-small", passed=True)
 
     names = family_names(text)
     assert {"ai_queue_size", "ai_workers", "ai_jobs_validation_pass_rate"} & names == set()

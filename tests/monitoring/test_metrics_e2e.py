@@ -138,7 +138,7 @@ class Stack:
 
     def worker(self, *extra: str, **env: str) -> subprocess.Popen:
         argv = [sys.executable, "manage.py", "rqworker", "ai-high", "ai-default", "ai-low", "--with-scheduler"]
-        argv += ["--worker-class", "aipb.worker.AIPBWorker"]  # forking unless a test says otherwise (later wins)
+        argv += ["--worker-class", "jobs.worker.AIPBWorker"]  # forking unless a test says otherwise (later wins)
         return self.start("worker", [*argv, *extra], **env)
 
     def metrics_server(self, **env: str) -> tuple[subprocess.Popen, str]:
@@ -343,7 +343,7 @@ def test_metric_files_stay_bounded_however_many_jobs_a_forking_worker_runs(stack
 
     # the non-forking worker runs jobs in its own process: its pid names its files
     simple_jobs = [submit(user) for _ in range(3)]
-    simple = stack.worker("--burst", "--worker-class", "aipb.worker.AIPBSimpleWorker")
+    simple = stack.worker("--burst", "--worker-class", "jobs.worker.AIPBSimpleWorker")
     assert simple.wait(timeout=30) == 0, stack.output(simple)
     assert all_final([j.id for j in simple_jobs])
     assert {identifier(f) for f in stack.files()} == {f"{worker.pid}-horse", str(simple.pid)}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from jobs import services
+from jobs import submission
 from jobs.models import AIJob
 from tests.conftest import child_database_url
 
@@ -66,7 +66,7 @@ class WorkerProcess:
         tmp_path: Path,
         *,
         with_scheduler: bool = True,
-        worker_class: str = "aipb.worker.AIPBWorker",  # the forking worker: its work-horse can be killed
+        worker_class: str = "jobs.worker.AIPBWorker",  # the forking worker: its work-horse can be killed
         worker_ttl: int = 30,  # an idle worker's heartbeat comes every worker_ttl - 15 s
         **env: str,
     ) -> None:
@@ -162,7 +162,7 @@ def worker_process(redis_conn, transactional_db, tmp_path):
 
 def submit(owner, **kwargs) -> AIJob:
     kwargs.setdefault("prompt", "A landing page for a bakery in Lisbon")
-    job, created = services.job_submit(owner=owner, **kwargs)
+    job, created = submission.job_submit(owner=owner, **kwargs)
     assert created
     return job
 

@@ -9,7 +9,7 @@ from django.test import Client
 from rq.suspension import is_suspended
 
 from dlq.models import DeadLetter
-from jobs import services
+from jobs import submission, transitions
 from jobs.models import AIJob, JobStatus
 from tests.ops.conftest import sim, submit
 from usage.reports import month_to_date_summary
@@ -27,7 +27,7 @@ def jobs(user, other_user, run_worker):
     run_worker()
     queued = submit(user, prompt="A page for a dentist", priority="high")
     running = submit(user, prompt="A page for a bike shop")
-    services.job_claim(job_id=str(running.id), rq_job_id=AIJob.objects.get(id=running.id).rq_job_id)
+    transitions.job_claim(job_id=str(running.id), rq_job_id=AIJob.objects.get(id=running.id).rq_job_id)
     return {"ok": ok, "dead": dead, "queued": queued, "running": running}
 
 
@@ -166,7 +166,7 @@ def test_admin_index_links_the_operations_page_and_django_rq(staff_client):
 
 
 def test_operations_page_shows_live_numbers(staff_client, jobs, worker_process, settings):
-    services.job_submit(owner=jobs["ok"].owner, prompt="wait", priority="low")
+    submission.job_submit(owner=jobs["ok"].owner, prompt="wait", priority="low")
     worker = worker_process()  # takes the waiting ones; we read the page with it registered
     response = staff_client.get(OPERATIONS)
     assert response.status_code == 200

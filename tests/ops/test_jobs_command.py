@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from rq.job import Job
 
 from dlq.models import DeadLetter, DeadLetterStatus
-from jobs import services
+from jobs import transitions
 from jobs.models import AIJob, JobAttempt, JobStatus
 from jobs.queues import get_queue
 from tests.ops.conftest import BASE_DIR, child_env, manage, sim, submit
@@ -280,7 +280,7 @@ def test_delete_without_yes_refuses_when_stdin_is_not_a_terminal(mixed):
 
 def test_delete_refuses_a_running_job(mixed, redis_conn):
     job = mixed["queued"]
-    assert services.job_claim(job_id=str(job.id), rq_job_id=AIJob.objects.get(id=job.id).rq_job_id)
+    assert transitions.job_claim(job_id=str(job.id), rq_job_id=AIJob.objects.get(id=job.id).rq_job_id)
     before = snapshot()
     with pytest.raises(CommandError, match="is running"):
         run("delete", str(job.id), "--yes")

@@ -1,6 +1,6 @@
 """A worker Redis has forgotten (restarted empty, flushed) lists itself again, so `ai_workers`, the
 NoAIWorkers alert and the queue page tell the truth without every worker being restarted
-(aipb.worker.ResilienceMixin.heartbeat). Real worker processes against the test Redis database."""
+(jobs.worker.ResilienceMixin.heartbeat). Real worker processes against the test Redis database."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from jobs.queue_control import queue_status
 from tests.e2e.books import metric_sum
 from tests.ops.conftest import sim, submit, wait_for
 
-SIMPLE = "aipb.worker.AIPBSimpleWorker"
-FORKING = "aipb.worker.AIPBWorker"
+SIMPLE = "jobs.worker.AIPBSimpleWorker"
+FORKING = "jobs.worker.AIPBWorker"
 
 
 def listed(worker) -> dict | None:

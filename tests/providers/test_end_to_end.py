@@ -10,7 +10,7 @@ import json
 import pytest
 
 from dlq.models import DeadLetter
-from jobs import services
+from jobs import submission
 from jobs.models import AIJob, JobAttempt, JobStatus
 from tests.fakes import SAMPLE_PAGE
 from usage.models import TokenUsage
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def submit(user, provider: str, model: str, prompt: str) -> AIJob:
-    job, created = services.job_submit(owner=user, prompt=prompt, provider=provider, model=model)
+    job, created = submission.job_submit(owner=user, prompt=prompt, provider=provider, model=model)
     assert created
     return job
 

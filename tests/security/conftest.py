@@ -11,7 +11,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dlq.models import DeadLetter
-from jobs import pipeline, services
+from jobs import pipeline, submission
 from jobs.models import AIJob
 from jobs.providers.base import Usage
 from usage.services import usage_record
@@ -45,7 +45,7 @@ class World:
 
 def _submit(owner, prompt: str, **simulate) -> AIJob:
     options = {"simulate": simulate} if simulate else {}
-    job, _ = services.job_submit(
+    job, _ = submission.job_submit(
         owner=owner, prompt=prompt, provider="simulated", model="sim-small", options=options, max_attempts=1
     )
     return job

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dlq.models import DeadLetter
-from jobs import services
+from jobs import actions, submission
 from jobs.models import AIJob, JobStatus
 from jobs.providers import reset_providers
 from tests.fakes import DEFAULT_API_KEY, FakeAnthropicServer
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 
 def submit(owner, **kwargs) -> AIJob:
-    job, created = services.job_submit(owner=owner, prompt="A landing page for a bakery in Lisbon", **kwargs)
+    job, created = submission.job_submit(owner=owner, prompt="A landing page for a bakery in Lisbon", **kwargs)
     assert created
     return job
 
@@ -76,7 +76,7 @@ def test_failed_and_retried_attempts_are_billed_and_reported(user, other_user, s
     assert csv_totals(text) == {key: body[key] for key in ("by_date", "by_provider", "by_model", "by_user")}
 
     # deleting the job keeps its billed usage
-    services.job_delete(job_id=retried.pk, owner=None)
+    actions.job_delete(job_id=retried.pk, owner=None)
     assert TokenUsage.objects.filter(job__isnull=True).count() == 3
     assert staff_api.get("/api/ai/usage/last-n-days", {"days": 2}).json()["total_estimated_cost"] == "6.500400"
 

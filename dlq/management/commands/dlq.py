@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from rest_framework import serializers
 
 from aipb.exceptions import ServiceError
-from dlq import selectors, services
+from dlq import records, selectors, services
 from dlq.apis import DeadLetterFilters, DeadLetterListParams
 from dlq.serializers import DeadLetterOutputSerializer, DeadLetterStatsSerializer
 
@@ -170,7 +170,7 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"dead letter {entry.id} discarded (job {entry.job_uuid} stays dead)"))
 
     def _prune(self, options: dict) -> None:
-        result = services.dlq_prune()
+        result = records.dlq_prune()
         if options["json"]:
             self._json(result.as_dict())
             return

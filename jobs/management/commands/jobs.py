@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from aipb.exceptions import ServiceError
-from jobs import selectors, services
+from jobs import actions, selectors
 from jobs.catalogue import PROVIDER_IDS
 from jobs.errors import ErrorType
 from jobs.management.output import (
@@ -174,16 +174,16 @@ class Command(BaseCommand):
         if job_id is None and not bulk:
             raise CommandError("give a job ID, or --status dead to retry every dead job")
         if not bulk:
-            job = services.job_retry(job_id=parse_uuid(job_id))
+            job = actions.job_retry(job_id=parse_uuid(job_id))
             self.stdout.write(
                 self.style.SUCCESS(f"job {job.id} queued again")
                 + f" ({job.max_attempts} more attempts; {job.attempts} so far)"
             )
             return
-        choice(status, option="--status", choices=[str(s) for s in services.BULK_RETRY_STATUSES])
+        choice(status, option="--status", choices=[str(s) for s in actions.BULK_RETRY_STATUSES])
         choice(error_type, option="--error-type", choices=ErrorType.values)
         since_at = parse_when(since, option="--since") if since else None
-        report = services.jobs_retry_bulk(
+        report = actions.jobs_retry_bulk(
             status=status,
             error_type=error_type,
             since=since_at,
@@ -203,7 +203,7 @@ class Command(BaseCommand):
             )
 
     def _cancel(self, *, job_id, **_):
-        job = services.job_cancel(job_id=parse_uuid(job_id))
+        job = actions.job_cancel(job_id=parse_uuid(job_id))
         self.stdout.write(self.style.SUCCESS(f"job {job.id} canceled"))
 
     def _delete(self, *, job_id, yes, **_):
@@ -220,7 +220,7 @@ class Command(BaseCommand):
             answer = sys.stdin.readline().strip().lower()
             if answer not in ("y", "yes"):
                 raise CommandError("not deleted")
-        services.job_delete(job_id=job.id)
+        actions.job_delete(job_id=job.id)
         self.stdout.write(self.style.SUCCESS(f"job {job.id} deleted"))
 
     def _status_style(self, value: str) -> str:

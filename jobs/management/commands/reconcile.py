@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, close_old_connections
 from redis.exceptions import RedisError
 
-from jobs.services import jobs_reconcile
+from jobs.recovery import jobs_reconcile
 
 
 class Command(BaseCommand):

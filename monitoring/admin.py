@@ -18,6 +18,9 @@ from django.urls import NoReverseMatch, path, reverse
 from redis.exceptions import RedisError
 
 from aipb.exceptions import ServiceError
+from dlq.selectors import dlq_stats
+from jobs import queue_control
+from usage.reports import month_to_date_summary
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,6 @@ def _url(name: str, query: str = "") -> str:
 
 
 def operations_view(request):
-    from dlq.selectors import dlq_stats
-    from jobs import queue_control
-    from usage.reports import month_to_date_summary
-
     if request.method == "POST":
         action = request.POST.get("action")
         try:

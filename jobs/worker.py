@@ -16,7 +16,9 @@ from rq import worker_registration
 from rq.suspension import is_suspended
 from rq.worker import SimpleWorker, Worker
 
+import jobs.rq_jobs  # noqa: F401  (imported before the first fork, so work-horses inherit it)
 from aipb import prometheus_multiprocess as multiprocess
+from jobs.providers import preload
 
 # Connections a work-horse inherited from its parent. Closing one in the child would end
 # the parent's session (libpq sends Terminate on the shared socket), so the horse keeps a
@@ -108,11 +110,8 @@ class AIPBWorker(ResilienceMixin, PauseAwareMixin, Worker):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # work-horses inherit what the worker imported before forking: import the pipeline and the
-        # provider SDKs once here, not once per job in every horse
-        import jobs.rq_jobs  # noqa: F401
-        from jobs.providers import preload
-
+        # work-horses inherit what the worker imported before forking: import the provider SDKs once
+        # here, not once per job in every horse
         preload()
 
     def fork_work_horse(self, job, queue):

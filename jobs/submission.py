@@ -1,0 +1,148 @@
+"""Submission: validate a new job, write its row and its attempt budget in one transaction, enqueue on commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+
+from aipb.exceptions import Conflict, InvalidInput
+from jobs import catalogue
+from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
+from jobs.providers.simulated import validate_simulate_options
+from jobs.transitions import enqueue_on_commit, next_delivery
+
+MAX_OPTIONS_DEPTH = 5
+
+
+def _fingerprint(**fields: object) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _depth(value: object, level: int = 0) -> int:
+    if level > MAX_OPTIONS_DEPTH:
+        return level  # deep enough to refuse; don't recurse down 900 levels of hostile JSON
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def _unstorable(value: object) -> str | None:
+    """What PostgreSQL's jsonb cannot hold (a 500 at INSERT time otherwise); called on bounded depth."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "must not contain NUL characters"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid Unicode text (no lone surrogates)"
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "numbers must be finite"
+    if isinstance(value, dict):
+        return next(filter(None, (_unstorable(v) for item in value.items() for v in item)), None)
+    if isinstance(value, list):
+        return next(filter(None, map(_unstorable, value)), None)
+    return None
+
+
+def _clean_options(options: dict | None, provider: str) -> dict:
+    options = dict(options or {})
+    if _depth(options) > MAX_OPTIONS_DEPTH:  # first: the checks below recurse
+        raise InvalidInput(f"options may nest at most {MAX_OPTIONS_DEPTH} levels deep")
+    if len(json.dumps(options)) > settings.AI_MAX_OPTIONS_BYTES:
+        raise InvalidInput(f"options must be at most {settings.AI_MAX_OPTIONS_BYTES} bytes of JSON")
+    problem = _unstorable(options)
+    if problem:
+        raise InvalidInput(f"options {problem}")
+    if "simulate" in options:
+        if provider != "simulated":
+            raise InvalidInput("options.simulate is only accepted with provider 'simulated'")
+        try:
+            options["simulate"] = validate_simulate_options(options["simulate"])
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+    return options
+
+
+@transaction.atomic
+def job_submit(
+    *,
+    owner: AbstractBaseUser,
+    prompt: str,
+    provider: str | None = None,
+    model: str | None = None,
+    priority: str = Priority.NORMAL,
+    options: dict | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[AIJob, bool]:
+    """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
+    provider = provider or catalogue.default_provider()
+    try:
+        model = model or catalogue.default_model(provider)
+        catalogue.lookup(provider, model)
+    except (catalogue.CatalogueError, KeyError) as exc:
+        raise InvalidInput(str(exc).strip("'")) from None
+    if not catalogue.provider_configured(provider):
+        raise InvalidInput(f"provider '{provider}' is not configured on this server")
+    if not prompt or not prompt.strip():
+        raise InvalidInput("prompt must not be empty")
+    if problem := _unstorable(prompt):  # NUL, lone surrogates
+        raise InvalidInput(f"prompt {problem}")
+    if len(prompt) > settings.AI_MAX_PROMPT_CHARS:
+        raise InvalidInput(f"prompt must be at most {settings.AI_MAX_PROMPT_CHARS} characters")
+    if priority not in Priority.values:
+        raise InvalidInput(f"priority must be one of {', '.join(Priority.values)}")
+    max_attempts = settings.AI_MAX_ATTEMPTS if max_attempts is None else max_attempts
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidInput(f"max_attempts must be from 1 to {MAX_ATTEMPTS_LIMIT}")
+    options = _clean_options(options, provider)
+
+    fingerprint = _fingerprint(
+        prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+    )
+    if idempotency_key is not None:
+        existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return _idempotent_replay(existing, fingerprint), False
+
+    job = AIJob(
+        owner=owner,
+        provider=provider,
+        model=model,
+        prompt=prompt,
+        options=options,
+        priority=priority,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+    )
+    job.deliveries, job.rq_job_id = next_delivery(job)
+    if idempotency_key is None:
+        job.save(force_insert=True)  # nothing can collide: no savepoint round trips
+        enqueue_on_commit(job)
+        return job, True
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+    except IntegrityError:
+        # two requests with one key raced; the other one's row is committed or about to be
+        existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        return _idempotent_replay(existing, fingerprint), False
+    enqueue_on_commit(job)
+    return job, True
+
+
+def _idempotent_replay(existing: AIJob, fingerprint: str) -> AIJob:
+    if existing.request_fingerprint != fingerprint:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return existing

@@ -1,0 +1,334 @@
+"""The job state machine: the one module that writes AIJob.status (DESIGN.md §2).
+
+    queued → running → succeeded | retrying | dead;  retrying → queued (a new delivery);
+    queued | retrying → canceled;  dead | canceled → queued (retry);  running (lease expired) → retrying | dead
+
+Every change is a conditional UPDATE on the expected old state (and, for a running job, on the attempt that
+owns it), so two workers, a retry racing a cancel, a duplicate delivery or a worker finishing after reconcile
+took its job back cannot both win. Each function returns whether it won; the caller owns the transaction
+(the pipeline, recovery, the operator actions) and records what goes with the change (attempt, usage, dead
+letter, metrics). A change that needs a delivery enqueues it on commit.
+
+Also here: the delivery pointer (AIJob.rq_job_id: the AIJob id for the first delivery, "<id>_<n>" later;
+only that delivery may claim the job) and the attempt rows that go with a running job's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import queues
+from jobs.errors import Classified, ErrorType
+from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
+from jobs.providers.base import Usage
+
+log = logging.getLogger(__name__)
+
+
+# --- deliveries ---
+
+
+def next_delivery(job: AIJob) -> tuple[int, str]:
+    number = job.deliveries + 1
+    return number, str(job.id) if number == 1 else f"{job.id}_{number}"
+
+
+def enqueue_on_commit(job: AIJob, *, delay: float = 0.0) -> None:
+    provider = None if "provider" in job.get_deferred_fields() else job.provider  # None: the worker reads it
+    transaction.on_commit(
+        partial(
+            _enqueue_safely,
+            job_id=str(job.id),
+            rq_job_id=job.rq_job_id,
+            priority=job.priority,
+            provider=provider,
+            delay=delay,
+        )
+    )
+
+
+def _enqueue_safely(*, job_id: str, rq_job_id: str, priority: str, provider: str | None, delay: float) -> None:
+    # The row is committed; if Redis is unreachable now, `reconcile` finds the queued row
+    # without an RQ job and enqueues it. The caller's request must not fail for it.
+    try:
+        queues.enqueue_delivery(job_id=job_id, rq_job_id=rq_job_id, priority=priority, provider=provider, delay=delay)
+    except Exception:
+        log.exception("enqueue of job %s failed; reconcile will re-enqueue it", job_id)
+
+
+def delete_delivery_on_commit(rq_job_id: str) -> None:
+    if rq_job_id:
+        transaction.on_commit(partial(_delete_safely, rq_job_id))
+
+
+def _delete_safely(rq_job_id: str) -> None:
+    try:
+        queues.delivery_delete(rq_job_id)
+    except Exception:
+        log.exception("could not remove RQ job %s (it will find nothing to claim)", rq_job_id)
+
+
+def delivery_replace(job: AIJob, *, delay: float = 0.0) -> bool:
+    """A waiting job gets a new delivery (its old one is lost, or got no rate-limit token), attempt budget
+    untouched; only if it still waits on the delivery the caller saw."""
+    number, new_id = next_delivery(job)
+    updated = AIJob.objects.filter(id=job.id, rq_job_id=job.rq_job_id, status__in=WAITING_STATUSES).update(
+        rq_job_id=new_id, deliveries=number, updated_at=timezone.now()
+    )
+    if updated:
+        job.rq_job_id, job.deliveries = new_id, number
+        enqueue_on_commit(job, delay=delay)
+    return bool(updated)
+
+
+# --- a running job ---
+
+
+def job_claim(*, job_id: str, rq_job_id: str) -> AIJob | None:
+    """queued|retrying → running for this delivery only; a stale or duplicate delivery claims nothing."""
+    now = timezone.now()
+    rows = list(
+        AIJob.objects.raw(
+            """
+            UPDATE jobs_aijob
+               SET status = %s, attempts = attempts + 1, started_at = %s, updated_at = %s,
+                   lease_expires_at = %s, next_attempt_at = NULL
+             WHERE id = %s AND status IN (%s, %s) AND rq_job_id = %s
+         RETURNING *
+            """,
+            [
+                JobStatus.RUNNING,
+                now,
+                now,
+                now + timedelta(seconds=settings.AI_LEASE_SECONDS),
+                job_id,
+                JobStatus.QUEUED,
+                JobStatus.RETRYING,
+                rq_job_id,
+            ],
+        )
+    )
+    return rows[0] if rows else None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    started_at: datetime
+    finished_at: datetime
+    latency_ms: int | None
+    usage: Usage | None
+    request_id: str | None
+    validation_passed: bool | None
+
+
+def _finish_running(job: AIJob, number: int, at: datetime, **changes: object) -> bool:
+    """running → a new state, only if attempt `number` still owns the job (its lease was not taken back)."""
+    changes.setdefault("lease_expires_at", None)
+    changes["updated_at"] = at
+    return bool(AIJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=number).update(**changes))
+
+
+def job_succeed(*, job: AIJob, record: AttemptRecord, page: dict) -> bool:
+    return _finish_running(
+        job,
+        record.number,
+        record.finished_at,
+        status=JobStatus.SUCCEEDED,
+        result=page,
+        finished_at=record.finished_at,
+        error_type="",
+        error_message="",
+    )
+
+
+def job_retry_later(*, job: AIJob, record: AttemptRecord, error: Classified, delay: float) -> bool:
+    """running → retrying, with the next delivery enqueued after the delay (on commit)."""
+    number, rq_job_id = next_delivery(job)
+    applied = _finish_running(
+        job,
+        record.number,
+        record.finished_at,
+        status=JobStatus.RETRYING,
+        error_type=error.type,
+        error_message=error.message,
+        next_attempt_at=record.finished_at + timedelta(seconds=delay),
+        rq_job_id=rq_job_id,
+        deliveries=number,
+    )
+    if applied:
+        job.rq_job_id, job.deliveries = rq_job_id, number
+        enqueue_on_commit(job, delay=delay)
+    return applied
+
+
+def job_die(*, job: AIJob, record: AttemptRecord, error: Classified) -> bool:
+    """running → dead; the caller writes the dead letter in the same transaction."""
+    return _finish_running(
+        job,
+        record.number,
+        record.finished_at,
+        status=JobStatus.DEAD,
+        error_type=error.type,
+        error_message=error.message,
+        finished_at=record.finished_at,
+    )
+
+
+def attempt_save(*, job: AIJob, record: AttemptRecord, outcome: str, error: Classified | None) -> bool:
+    """The attempt's row; returns whether this call created it. An abandoned attempt may already have been
+    recorded by lease recovery: the worker that comes back late fills in what recovery could not know."""
+    usage = record.usage or Usage()
+    fields = {
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "outcome": outcome,
+        "error_type": error.type if error else "",
+        "error_message": error.message if error else "",
+        "latency_ms": record.latency_ms,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "provider_request_id": (record.request_id or "")[:200],
+        "validation_passed": record.validation_passed,
+    }
+    if outcome == AttemptOutcome.ABANDONED:
+        return JobAttempt.objects.update_or_create(job=job, number=record.number, defaults=fields)[1]
+    JobAttempt.objects.create(job=job, number=record.number, **fields)
+    return True
+
+
+# --- lease expiry ---
+
+
+@dataclass(frozen=True)
+class LeaseExpiry:
+    job: AIJob
+    status: str  # retrying or dead
+    error: Classified
+    record: AttemptRecord
+    attempt_recorded: bool  # False: a worker coming back late had already written the attempt's row
+
+
+def job_expire_lease(*, job_id: object, now: datetime) -> LeaseExpiry | None:
+    """running past its lease → retrying (attempts left) or dead: its worker stopped before finishing.
+
+    Conditional on the attempt that held the lease, so a worker finishing meanwhile, or a second reconcile,
+    leaves it alone (None). The abandoned attempt's row is written here; the caller dead-letters a death.
+    """
+    job = AIJob.objects.filter(id=job_id, status=JobStatus.RUNNING, lease_expires_at__lt=now).first()
+    if job is None:
+        return None
+    error = Classified(
+        type=ErrorType.TIMEOUT,
+        retryable=True,
+        message=f"attempt {job.attempts} abandoned: its worker stopped before finishing (lease expired)",
+    )
+    record = AttemptRecord(
+        number=job.attempts,
+        started_at=job.started_at or now,
+        finished_at=now,
+        latency_ms=None,
+        usage=None,
+        request_id=None,
+        validation_passed=None,
+    )
+    common = {"error_type": error.type, "error_message": error.message, "lease_expires_at": None, "updated_at": now}
+    claimed = AIJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts, lease_expires_at__lt=now)
+    if job.attempts_left > 0:
+        number, rq_job_id = next_delivery(job)
+        if not claimed.update(
+            status=JobStatus.RETRYING, next_attempt_at=now, rq_job_id=rq_job_id, deliveries=number, **common
+        ):
+            return None
+        job.rq_job_id, job.deliveries = rq_job_id, number
+        enqueue_on_commit(job)
+        status = JobStatus.RETRYING
+    else:
+        if not claimed.update(status=JobStatus.DEAD, finished_at=now, **common):
+            return None
+        status = JobStatus.DEAD
+    job.status, job.error_type, job.error_message = status, error.type, error.message
+    recorded = attempt_save(job=job, record=record, outcome=AttemptOutcome.ABANDONED, error=error)
+    return LeaseExpiry(job=job, status=status, error=error, record=record, attempt_recorded=recorded)
+
+
+# --- operator transitions ---
+
+
+def job_cancel_waiting(*, job: AIJob) -> bool:
+    """queued|retrying → canceled. Its delivery is removed after commit; if it runs first it claims nothing."""
+    now = timezone.now()
+    updated = AIJob.objects.filter(id=job.id, status__in=WAITING_STATUSES).update(
+        status=JobStatus.CANCELED, finished_at=now, updated_at=now, next_attempt_at=None, rq_job_id=""
+    )
+    if updated:
+        delete_delivery_on_commit(job.rq_job_id)
+    return bool(updated)
+
+
+def jobs_cancel_deliveries(*, rq_job_ids: list[str]) -> list[tuple[str, str, str]]:
+    """Cancel the jobs these deliveries carry, each only if still waiting on exactly this delivery.
+
+    One statement for a whole batch (queue clear); returns (job id, provider, model) of each canceled job.
+    """
+    pairs = [(job_id, rq_id) for rq_id in rq_job_ids if (job_id := _job_id_of(rq_id)) is not None]
+    if not pairs:
+        return []
+    now = timezone.now()
+    rows = AIJob.objects.raw(
+        """
+        UPDATE jobs_aijob AS j
+           SET status = %s, finished_at = %s, updated_at = %s, next_attempt_at = NULL, rq_job_id = ''
+          FROM unnest(%s::uuid[], %s::text[]) AS d(id, rq_job_id)
+         WHERE j.id = d.id AND j.rq_job_id = d.rq_job_id AND j.status = ANY(%s)
+     RETURNING j.id, j.provider, j.model
+        """,
+        [
+            JobStatus.CANCELED,
+            now,
+            now,
+            [str(job_id) for job_id, _ in pairs],
+            [rq_id for _, rq_id in pairs],
+            [str(s) for s in WAITING_STATUSES],
+        ],
+    )
+    return [(str(row.id), row.provider, row.model) for row in rows]
+
+
+def _job_id_of(rq_job_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(rq_job_id.split("_", 1)[0])
+    except ValueError:
+        return None
+
+
+def job_requeue(*, job: AIJob) -> bool:
+    """dead|canceled → queued with a fresh budget of max_attempts further attempts, enqueued on commit."""
+    number, rq_job_id = next_delivery(job)
+    updated = AIJob.objects.filter(
+        id=job.id, status__in=(JobStatus.DEAD, JobStatus.CANCELED), deliveries=job.deliveries
+    ).update(
+        status=JobStatus.QUEUED,
+        budget_base=job.attempts,
+        finished_at=None,
+        next_attempt_at=None,
+        error_type="",
+        error_message="",
+        result=None,
+        rq_job_id=rq_job_id,
+        deliveries=number,
+        updated_at=timezone.now(),
+    )
+    if updated:
+        job.refresh_from_db()
+        enqueue_on_commit(job)
+    return bool(updated)
