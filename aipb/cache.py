@@ -2,9 +2,11 @@
 timeouts, retries), so every gunicorn worker on every host counts the same submission throttle.
 
 Django's default cache is per-process memory: with N workers a user could submit N times the
-throttle rate. The cache holds throttle counts only, so it fails open: when Redis cannot be
-reached a read finds nothing and a write is dropped (logged), and the request goes on rather than
-becoming a 500 — submitting a job needs Redis for a moment at most (reconcile re-queues the rest).
+throttle rate. The cache holds throttle counts only, so it fails open and fast: its calls go through
+aipb.redis_client.best_effort (no retries; skipped for a few seconds after a failure), a read that
+cannot reach Redis finds nothing and a write is dropped (logged), and the request goes on rather than
+becoming a 500 or waiting — submitting a job needs Redis for a moment at most (reconcile re-queues the
+rest), and the submission throttle counts in Postgres meanwhile (jobs.throttles).
 It shares Redis with the queues, so ``clear()`` deletes the cache's own keys, never the database.
 """
 
@@ -16,14 +18,14 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.exceptions import RedisError
 
-from aipb.redis_client import get_redis
+from aipb.redis_client import RedisSkipped, best_effort, fast_client, get_redis
 
 log = logging.getLogger(__name__)
 
 
 class _SharedClient(RedisCacheClient):
     def get_client(self, key=None, *, write=False):
-        return get_redis()
+        return fast_client()  # every call goes through best_effort (below): it trips the circuit on failure
 
     def clear(self):
         raise NotImplementedError("SharedRedisCache.clear() deletes by key prefix")
@@ -36,14 +38,18 @@ class SharedRedisCache(RedisCache):
 
     def get(self, key, default=None, version=None):
         try:
-            return super().get(key, default, version)
+            return best_effort(lambda _: super(SharedRedisCache, self).get(key, default, version))
+        except RedisSkipped:
+            return default
         except RedisError as exc:
             log.warning("cache read failed, treated as a miss: %s", exc)
             return default
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         try:
-            super().set(key, value, timeout, version)
+            best_effort(lambda _: super(SharedRedisCache, self).set(key, value, timeout, version))
+        except RedisSkipped:
+            pass
         except RedisError as exc:
             log.warning("cache write dropped: %s", exc)
 

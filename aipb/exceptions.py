@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -67,7 +68,21 @@ def _message_of(detail: object) -> str:
     return str(detail)
 
 
+# While Postgres is down (stopped, restarting, failing over) a request cannot be served, but it is not a
+# server bug either: every /api/ answer is a 503 in the error shape, with a hint of when to come back.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable_body() -> dict:
+    return error_body("service_unavailable", "the database is unavailable; try again shortly")
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        response = Response(database_unavailable_body(), status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, ServiceError):
         return Response(error_body(exc.error_type, exc.message, exc.details), status=exc.status_code)
     if isinstance(exc, Http404):

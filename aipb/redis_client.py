@@ -1,32 +1,62 @@
-"""One Redis connection pool per process, with health checks, timeouts and retry with backoff."""
+"""One Redis connection pool per process, with health checks, timeouts and retry with backoff; and, for the
+web requests that only need Redis in passing, a fail-fast client behind a circuit.
+
+Workers, the scheduler and reconcile use `get_redis()`: Redis is their work, so they wait out a restart or a
+failover (retries with backoff, up to the socket timeout per try). A submission only needs Redis to count the
+throttle and to enqueue after its row is committed, and reconcile enqueues whatever was missed; so those calls
+go through `best_effort()`: no retries, a short connect timeout, and after one failure Redis is skipped for
+REDIS_FAIL_FAST_SECONDS (a circuit per process), so a submission answers within a second while Redis is down.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+T = TypeVar("T")
+
 _lock = threading.Lock()
 _client: redis.Redis | None = None
 _client_pid: int | None = None
+_fast: redis.Redis | None = None
+_fast_pid: int | None = None
+_open_until = 0.0  # monotonic time until which best_effort() skips Redis (this process)
+
+FAST_CONNECT_SECONDS = 0.5  # Redis down answers at once (refused) or within this (host unreachable)
+FAST_COMMAND_SECONDS = 2.0
 
 
-def _build() -> redis.Redis:
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5)
-    common = {
-        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
-        "socket_connect_timeout": settings.REDIS_SOCKET_TIMEOUT,
-        "health_check_interval": 30,
-        "retry": retry,
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
+class RedisSkipped(RedisConnectionError):
+    """best_effort() did not try: Redis failed moments ago (the circuit is open)."""
+
+
+def _build(*, fail_fast: bool = False) -> redis.Redis:
+    if fail_fast:
+        common = {
+            "socket_timeout": min(FAST_COMMAND_SECONDS, settings.REDIS_SOCKET_TIMEOUT),
+            "socket_connect_timeout": min(FAST_CONNECT_SECONDS, settings.REDIS_SOCKET_TIMEOUT),
+            "retry": Retry(ExponentialBackoff(), 0),
+        }
+    else:
+        common = {
+            "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": settings.REDIS_SOCKET_TIMEOUT,
+            "health_check_interval": 30,
+            "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
     if settings.REDIS_SENTINELS:
         sentinel = Sentinel(settings.REDIS_SENTINELS, socket_timeout=settings.REDIS_SOCKET_TIMEOUT)
         return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **common)
@@ -43,3 +73,38 @@ def get_redis() -> redis.Redis:
                 _client = _build()
                 _client_pid = pid
     return _client
+
+
+def fast_client() -> redis.Redis:
+    """The fail-fast client (no retries, short timeouts); call it through best_effort()."""
+    global _fast, _fast_pid
+    pid = os.getpid()
+    if _fast is None or _fast_pid != pid:
+        with _lock:
+            if _fast is None or _fast_pid != pid:
+                _fast = _build(fail_fast=True)
+                _fast_pid = pid
+    return _fast
+
+
+def redis_skipped() -> bool:
+    """Whether best_effort() would skip Redis now (it failed less than REDIS_FAIL_FAST_SECONDS ago)."""
+    return time.monotonic() < _open_until
+
+
+def best_effort(fn: Callable[[redis.Redis], T]) -> T:
+    """fn(client) on the fail-fast client; raises RedisSkipped at once while the circuit is open, and opens
+    it on any Redis error (re-raised), so the caller decides what to do without Redis."""
+    global _open_until
+    if redis_skipped():
+        raise RedisSkipped("Redis failed moments ago; skipped")
+    try:
+        return fn(fast_client())
+    except RedisError:
+        _open_until = time.monotonic() + settings.REDIS_FAIL_FAST_SECONDS
+        raise
+
+
+def reset_circuit() -> None:
+    global _open_until
+    _open_until = 0.0

@@ -58,6 +58,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "aipb.middleware.ApiBodySizeLimitMiddleware",
+    "aipb.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -116,6 +117,8 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 # Redis: one pool per process with health checks, socket timeouts and retry on connection errors.
 REDIS_URL = env_str("REDIS_URL") or _embedded_env.get("REDIS_URL", "")
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 10.0, minimum=0.1)
+# After a failed call, web requests skip Redis for this long (aipb.redis_client.best_effort).
+REDIS_FAIL_FAST_SECONDS = env_float("REDIS_FAIL_FAST_SECONDS", 5.0, minimum=0)
 REDIS_SENTINELS = [
     (host, int(port)) for host, _, port in (item.rpartition(":") for item in env_list("REDIS_SENTINELS"))
 ]
@@ -204,6 +207,9 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 AI_DEFAULT_PROVIDER = env_str("AI_DEFAULT_PROVIDER")
 AI_DEFAULT_MODEL = env_str("AI_DEFAULT_MODEL")
 AI_MAX_ATTEMPTS = env_int("AI_MAX_ATTEMPTS", 3, minimum=1)
+# A worker whose last heartbeat is older than this is gone: not counted in ai_workers or queue status, and
+# unregistered by reconcile. Idle workers beat at least every 60 s (jobs.worker.ResilienceMixin).
+AI_WORKER_GONE_SECONDS = env_int("AI_WORKER_GONE_SECONDS", 90, minimum=65)
 AI_WORKER_CONCURRENCY = env_int("AI_WORKER_CONCURRENCY", 10, minimum=1)
 AI_RATE_LIMIT_PER_SECOND = env_float("AI_RATE_LIMIT_PER_SECOND", 20.0, minimum=0)
 AI_RATE_LIMIT_BURST = env_float("AI_RATE_LIMIT_BURST", 0.0, minimum=0)  # 0 = one second's worth

@@ -13,7 +13,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from aipb.api import (
@@ -31,6 +30,7 @@ from jobs.errors import ErrorType
 from jobs.models import MAX_ATTEMPTS_LIMIT, JobStatus, Priority
 from jobs.serializers import JobOutputSerializer, JobSummarySerializer
 from jobs.submission import job_submit
+from jobs.throttles import SubmitThrottle
 
 
 class JobListParams(ListParams):
@@ -54,7 +54,7 @@ class JobListCreateApi(APIView):
         max_attempts = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPTS_LIMIT, required=False)
 
     def get_throttles(self):
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+        return [SubmitThrottle()] if self.request.method == "POST" else []
 
     @extend_schema(
         operation_id="ai_jobs_list",

@@ -35,8 +35,8 @@ def queue_name(priority: str) -> str:
     return settings.AI_QUEUES[priority]
 
 
-def get_queue(name: str) -> Queue:
-    return Queue(name, connection=get_redis())
+def get_queue(name: str, connection=None) -> Queue:
+    return Queue(name, connection=connection or get_redis())
 
 
 def all_queues() -> list[Queue]:
@@ -53,11 +53,11 @@ def _run_at(delay: float) -> datetime:
 
 
 def enqueue_delivery(
-    *, job_id: str, rq_job_id: str, priority: str, provider: str | None = None, delay: float = 0.0
+    *, job_id: str, rq_job_id: str, priority: str, provider: str | None = None, delay: float = 0.0, connection=None
 ) -> None:
     """Put one delivery of a job on its queue; the RQ job carries ids (and the provider, so the worker
     can take a rate-limit token before it touches the database)."""
-    queue = get_queue(queue_name(priority))
+    queue = get_queue(queue_name(priority), connection)
     kwargs = {
         "job_id": rq_job_id,
         "job_timeout": int(settings.AI_LEASE_SECONDS) + 30,

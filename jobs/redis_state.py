@@ -7,14 +7,16 @@ call these instead of reading RQ's keys themselves.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
+from django.conf import settings
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.utils import utcparse
 from rq.worker import Worker
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from jobs.queues import QUEUE_ORDER, as_text
 
@@ -28,28 +30,74 @@ _RQ_WORKER_STATE = {"busy": "busy", "suspended": "suspended"}
 STALE_HEARTBEAT_SECONDS = 180
 
 
+def _beat_age(raw, now: datetime) -> float | None:
+    try:
+        return (now - utcparse(as_text(raw)).replace(tzinfo=UTC)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _registered(conn) -> list[str]:
+    return sorted(as_text(key) for key in conn.sunion([WORKERS_BY_QUEUE_KEY % name for name in QUEUE_ORDER]))
+
+
+def _alive(state, beat, now: datetime) -> bool:
+    """A worker is alive while its hash exists (it expires a while after the last heartbeat) and its last
+    heartbeat is younger than AI_WORKER_GONE_SECONDS: a SIGKILLed worker leaves both behind, and RQ would
+    list it for its whole TTL (7-8 minutes)."""
+    if state is None:
+        return False
+    age = _beat_age(beat, now)
+    return age is None or age <= settings.AI_WORKER_GONE_SECONDS
+
+
 def worker_states(conn) -> dict[str, int]:
-    """RQ workers listening on any AI queue, by state (two round trips, O(workers))."""
-    keys = sorted(conn.sunion([WORKERS_BY_QUEUE_KEY % name for name in QUEUE_ORDER]))
+    """Live RQ workers listening on any AI queue, by state (two round trips, O(workers))."""
+    keys = _registered(conn)
     states = dict.fromkeys(WORKER_STATES, 0)
     if not keys:
         return states
     pipe = conn.pipeline(transaction=False)
     for key in keys:
-        pipe.hget(key, "state")
-    for raw in pipe.execute():
-        if raw is None:  # died without unregistering; its hash has expired
-            continue
-        states[_RQ_WORKER_STATE.get(as_text(raw), "idle")] += 1
+        pipe.hmget(key, "state", "last_heartbeat")
+    now = datetime.now(UTC)
+    for state, beat in pipe.execute():
+        if _alive(state, beat, now):
+            states[_RQ_WORKER_STATE.get(as_text(state), "idle")] += 1
     return states
 
 
+def workers_forget_gone(conn) -> list[str]:
+    """Unregister the workers that stopped heart-beating (killed, or their host died): they leave RQ's sets
+    and their hash is deleted. A worker that was only slow registers itself again at its next heartbeat
+    (jobs.worker.ResilienceMixin). Returns the keys forgotten."""
+    keys = _registered(conn)
+    if not keys:
+        return []
+    pipe = conn.pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(key, "state", "last_heartbeat")
+    now = datetime.now(UTC)
+    gone = [key for key, (state, beat) in zip(keys, pipe.execute(), strict=True) if not _alive(state, beat, now)]
+    if gone:
+        with conn.pipeline() as pipe:
+            pipe.srem(REDIS_WORKER_KEYS, *gone)
+            for name in QUEUE_ORDER:
+                pipe.srem(WORKERS_BY_QUEUE_KEY % name, *gone)
+            pipe.delete(*gone)
+            pipe.execute()
+    return gone
+
+
 def workers_list(conn) -> list[dict]:
-    """Every worker listening on an AI queue, for queue status and the operations page."""
+    """Every live worker listening on an AI queue, for queue status and the operations page."""
     out = []
+    now = datetime.now(UTC)
     for worker in Worker.all(connection=conn):
         queue_names = worker.queue_names()
         if not set(queue_names) & set(QUEUE_ORDER):
+            continue
+        if worker.last_heartbeat and (now - worker.last_heartbeat).total_seconds() > settings.AI_WORKER_GONE_SECONDS:
             continue
         out.append(
             {

@@ -127,7 +127,7 @@ def job_submit(
     job.deliveries, job.rq_job_id = next_delivery(job)
     if idempotency_key is None:
         job.save(force_insert=True)  # nothing can collide: no savepoint round trips
-        enqueue_on_commit(job)
+        enqueue_on_commit(job, fail_fast=True)
         return job, True
     try:
         with transaction.atomic():
@@ -138,7 +138,7 @@ def job_submit(
         if existing is None:
             raise
         return _idempotent_replay(existing, fingerprint), False
-    enqueue_on_commit(job)
+    enqueue_on_commit(job, fail_fast=True)
     return job, True
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -25,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from aipb.redis_client import RedisSkipped, best_effort
 from jobs import queues
 from jobs.errors import Classified, ErrorType
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
@@ -41,25 +43,31 @@ def next_delivery(job: AIJob) -> tuple[int, str]:
     return number, str(job.id) if number == 1 else f"{job.id}_{number}"
 
 
-def enqueue_on_commit(job: AIJob, *, delay: float = 0.0) -> None:
+def enqueue_on_commit(job: AIJob, *, delay: float = 0.0, fail_fast: bool = False) -> None:
+    """Enqueue the job's current delivery once the transaction commits. fail_fast (a web request): skip it
+    at once while Redis is down (aipb.redis_client.best_effort) rather than wait out the retries."""
     provider = None if "provider" in job.get_deferred_fields() else job.provider  # None: the worker reads it
-    transaction.on_commit(
-        partial(
-            _enqueue_safely,
-            job_id=str(job.id),
-            rq_job_id=job.rq_job_id,
-            priority=job.priority,
-            provider=provider,
-            delay=delay,
-        )
+    delivery = partial(
+        queues.enqueue_delivery,
+        job_id=str(job.id),
+        rq_job_id=job.rq_job_id,
+        priority=job.priority,
+        provider=provider,
+        delay=delay,
     )
+    transaction.on_commit(partial(_enqueue_safely, delivery, job_id=str(job.id), fail_fast=fail_fast))
 
 
-def _enqueue_safely(*, job_id: str, rq_job_id: str, priority: str, provider: str | None, delay: float) -> None:
+def _enqueue_safely(delivery: Callable[..., None], *, job_id: str, fail_fast: bool) -> None:
     # The row is committed; if Redis is unreachable now, `reconcile` finds the queued row
     # without an RQ job and enqueues it. The caller's request must not fail for it.
     try:
-        queues.enqueue_delivery(job_id=job_id, rq_job_id=rq_job_id, priority=priority, provider=provider, delay=delay)
+        if fail_fast:
+            best_effort(lambda connection: delivery(connection=connection))
+        else:
+            delivery()
+    except RedisSkipped:
+        log.warning("Redis is down: job %s is committed and will be enqueued by reconcile", job_id)
     except Exception:
         log.exception("enqueue of job %s failed; reconcile will re-enqueue it", job_id)
 

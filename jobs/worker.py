@@ -8,6 +8,7 @@ Django's database connections honest around each job.
 from __future__ import annotations
 
 import os
+import threading
 
 from django.db import close_old_connections, connections
 from redis.backoff import ExponentialBackoff
@@ -130,9 +131,27 @@ class AIPBWorker(ResilienceMixin, PauseAwareMixin, Worker):
 
 
 class AIPBSimpleWorker(ResilienceMixin, PauseAwareMixin, SimpleWorker):
+    """Jobs run in this process, so nothing heart-beats while one runs (RQ's forking worker beats from the
+    parent): a thread does, so a long provider call does not make the worker look gone
+    (settings.AI_WORKER_GONE_SECONDS)."""
+
+    BEAT_SECONDS = 30
+
     def perform_job(self, *args, **kwargs):
         close_old_connections()
+        done = threading.Event()
+        beating = threading.Thread(target=self._beat_until, args=(done,), name="aipb-heartbeat", daemon=True)
+        beating.start()
         try:
             return super().perform_job(*args, **kwargs)
         finally:
+            done.set()
+            beating.join()
             close_old_connections()
+
+    def _beat_until(self, done: threading.Event) -> None:
+        while not done.wait(self.BEAT_SECONDS):
+            try:
+                self.heartbeat()
+            except Exception:  # a missed beat is logged, never allowed to touch the job itself
+                self.log.warning("Worker %s: heartbeat during a job failed", self.name, exc_info=True)

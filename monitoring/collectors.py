@@ -8,12 +8,13 @@ Their cost does not grow with the jobs or usage tables:
 - ``ai_jobs_validation_pass_rate``: one MGET of monitoring.validation_window's per-bucket counters;
 - ``ai_dlq_entries{status}``: a GROUP BY over the dead-letter table, which retention keeps
   at AI_DLQ_MAX_ENTRIES rows at most;
-- ``ai_build_info{version,commit}``: version.json, read once per process.
+- ``ai_build_info{version,commit}``: version.json, read once per process;
+- ``ai_redis_up`` and ``ai_database_up``: whether this scrape could read Redis and query Postgres.
 
 Every worker host's metrics_server and the web app report the same values (they read the
 same Redis and Postgres), so dashboards and alerts aggregate them with max(). When Redis or
 Postgres cannot be read the affected families are left out of the scrape (and logged)
-rather than reported as zeros; the rest of the scrape still works.
+rather than reported as zeros, the matching ``*_up`` gauge reads 0, and the rest of the scrape works.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class ScrapeTimeCollector:
             rate = validation_window.pass_rate()
         except RedisError as exc:
             log.warning("metrics: Redis unreachable, queue/worker/validation gauges left out: %s", exc)
+            yield _up("ai_redis_up", "1 when this scrape could read Redis, 0 when it could not", False)
             return
+        yield _up("ai_redis_up", "1 when this scrape could read Redis, 0 when it could not", True)
         family = GaugeMetricFamily("ai_queue_size", "Jobs in the AI queues by state (RQ)", labels=["status"])
         for status in QUEUE_STATUSES:
             family.add_metric([status], sizes[status])
@@ -77,8 +80,16 @@ class ScrapeTimeCollector:
             counts = dlq_counts()
         except DatabaseError as exc:
             log.warning("metrics: database unreachable, ai_dlq_entries left out: %s", exc)
+            yield _up("ai_database_up", "1 when this scrape could query Postgres, 0 when it could not", False)
             return
+        yield _up("ai_database_up", "1 when this scrape could query Postgres, 0 when it could not", True)
         family = GaugeMetricFamily("ai_dlq_entries", "Dead-letter entries by status", labels=["status"])
         for status, n in sorted(counts.items()):
             family.add_metric([status], n)
         yield family
+
+
+def _up(name: str, documentation: str, up: bool) -> Metric:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], 1 if up else 0)
+    return family

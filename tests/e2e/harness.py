@@ -372,6 +372,7 @@ class ApiClient:
         self.token = token
         self.timeout = timeout
         self.conn: http.client.HTTPConnection | None = None
+        self.last_headers: dict[str, str] = {}  # of the last response
 
     def request(self, method: str, path: str, body: object = None, headers: dict | None = None) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else None
@@ -397,6 +398,7 @@ class ApiClient:
                 raise
             if response.will_close:
                 self.close()
+            self.last_headers = dict(response.getheaders())
             ctype = response.getheader("Content-Type", "")
             if "json" in ctype:
                 try:

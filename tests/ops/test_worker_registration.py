@@ -4,11 +4,17 @@ NoAIWorkers alert and the queue page tell the truth without every worker being r
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from django.conf import settings
 from django.test import Client
+from rq.utils import utcformat
 
 from jobs.models import AIJob, JobStatus
 from jobs.queue_control import queue_status
+from jobs.queues import QUEUE_ORDER
+from jobs.recovery import jobs_reconcile
 from tests.e2e.books import metric_sum
 from tests.ops.conftest import sim, submit, wait_for
 
@@ -54,3 +60,25 @@ def test_an_idle_worker_redis_forgot_lists_itself_again_within_a_heartbeat(worke
     assert listed(worker) is not None and ai_workers() == 1
     # the hash it wrote again expires like RQ's own: a worker that dies later must not be counted forever
     assert 0 < redis_conn.ttl(f"rq:worker:{name}") <= 20 + 60
+
+
+def test_a_killed_worker_stops_counting_and_reconcile_unregisters_it(worker_process, redis_conn):
+    """SIGKILL leaves RQ's registration behind for the hash's whole TTL (7-8 minutes): a worker whose heartbeat
+    is older than AI_WORKER_GONE_SECONDS is not counted, not listed, and reconcile unregisters it."""
+    alive = worker_process(worker_class=SIMPLE, worker_ttl=300)
+    killed = worker_process(worker_class=SIMPLE, worker_ttl=300)
+    wait_for(lambda: ai_workers() == 2, what="ai_workers to count both workers")
+    key = f"rq:worker:{listed(killed)['name']}"
+    killed.kill()
+    assert redis_conn.sismember("rq:workers", key) and ai_workers() == 2  # what RQ alone would go on saying
+
+    # the time since its last heartbeat, as it is AI_WORKER_GONE_SECONDS after the kill
+    gone_since = datetime.now(UTC) - timedelta(seconds=settings.AI_WORKER_GONE_SECONDS + 1)
+    redis_conn.hset(key, "last_heartbeat", utcformat(gone_since))
+
+    assert ai_workers() == 1 and ai_workers(state="idle") == 1
+    assert listed(killed) is None and listed(alive) is not None
+    jobs_reconcile()
+    assert not redis_conn.sismember("rq:workers", key) and not redis_conn.exists(key)
+    assert not any(redis_conn.sismember(f"rq:workers:{name}", key) for name in QUEUE_ORDER)
+    assert listed(alive) is not None and ai_workers() == 1  # the live one is left alone
