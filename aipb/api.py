@@ -73,6 +73,7 @@ ERROR_RESPONSES = {
     413: _error_response("request body over AI_MAX_REQUEST_BYTES"),
     415: _error_response("request body is not application/json"),
     429: _error_response("too many submissions: wait Retry-After seconds"),
+    503: _error_response("intake closed by an operator, or the database unavailable: wait Retry-After seconds"),
 }
 
 

@@ -14,15 +14,16 @@ from rest_framework.views import exception_handler
 
 
 class ServiceError(Exception):
-    """Raised by services; views and commands turn it into a 4xx or a CommandError."""
+    """Raised by services; views and commands turn it into a 4xx (or a 503) or a CommandError."""
 
     status_code = status.HTTP_400_BAD_REQUEST
     error_type = "invalid_request"
 
-    def __init__(self, message: str, *, details: object = None) -> None:
+    def __init__(self, message: str, *, details: object = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.retry_after = retry_after
 
 
 class InvalidInput(ServiceError):
@@ -37,6 +38,13 @@ class NotFound(ServiceError):
 class Conflict(ServiceError):
     status_code = status.HTTP_409_CONFLICT
     error_type = "conflict"
+
+
+class IntakeClosed(ServiceError):
+    """An operator closed intake (`manage.py queue intake off`): submissions wait, workers keep draining."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_type = "intake_closed"
 
 
 _TYPES = {
@@ -84,7 +92,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response
     if isinstance(exc, ServiceError):
-        return Response(error_body(exc.error_type, exc.message, exc.details), status=exc.status_code)
+        response = Response(error_body(exc.error_type, exc.message, exc.details), status=exc.status_code)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

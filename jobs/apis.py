@@ -72,7 +72,7 @@ class JobListCreateApi(APIView):
         responses={
             201: JobOutputSerializer,
             200: JobOutputSerializer,
-            **error_responses(400, 409, 413, 415, 429),
+            **error_responses(400, 409, 413, 415, 429, 503),
         },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
@@ -176,6 +176,11 @@ class QueuePauseInput(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
 
+class QueueIntakeInput(StrictSerializer):
+    open = serializers.BooleanField(help_text="false closes intake: submissions answer 503 intake_closed")
+    reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+
 class QueueStatusApi(APIView):
     permission_classes = [IsAdminUser]
 
@@ -213,3 +218,16 @@ class QueueResumeApi(APIView):
         if request.data != {}:  # no body, or {}; a body of 0, [] or null is not "no body"
             raise serializers.ValidationError({"non_field_errors": ["resume takes no body"]})
         return Response(queue_control.queue_resume(by=request.user.get_username()))
+
+
+class QueueIntakeApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        request=QueueIntakeInput,
+        responses={200: OpenApiTypes.OBJECT, **error_responses(400, 413, 415)},
+        summary="Close or open intake: while closed, submissions answer 503 and workers keep draining",
+    )
+    def post(self, request):
+        fields = parse_body(QueueIntakeInput, request.data)
+        return Response(queue_control.queue_intake(by=request.user.get_username(), **fields))

@@ -54,9 +54,16 @@ def queue_status() -> dict:
     per_queue = queues.queue_sizes(conn)
     paused = queues.is_paused(conn)
     workers = workers_list(conn)
+    closed = queues.intake_closed_info(fresh=True)
     return {
         "paused": paused,
         **(queues.pause_info(conn) if paused else {"paused_by": "", "paused_at": None, "reason": ""}),
+        "intake": {
+            "open": closed is None,
+            "closed_by": (closed or {}).get("by", ""),
+            "closed_at": (closed or {}).get("at"),
+            "reason": (closed or {}).get("reason", ""),
+        },
         "totals": queues.sizes_total(per_queue),
         "queues": [{"name": name, **per_queue[name]} for name in QUEUE_ORDER],
         "jobs": _job_counts(),
@@ -69,18 +76,38 @@ def queue_is_paused() -> bool:
     return queues.is_paused()
 
 
-def queue_pause(*, by: str = "", reason: str = "") -> dict:
-    """Stop every worker from taking jobs (running ones finish). Idempotent: a second pause keeps the first's info."""
+def _reason(reason: str) -> str:
     if len(reason) > PAUSE_REASON_MAX:
         raise InvalidInput(f"reason must be at most {PAUSE_REASON_MAX} characters")
-    if queues.pause_set(get_redis(), by=by, at=timezone.now().isoformat(), reason=reason):
-        log.warning("queue paused by %s%s", by or "unknown", f": {reason}" if reason else "")
+    return reason
+
+
+def _said(by: str, reason: str = "") -> str:
+    # Operator-typed text goes into the log as one quoted value: a newline in a reason cannot forge a line.
+    return f"{by or 'unknown'!r}" + (f" reason={reason!r}" if reason else "")
+
+
+def queue_pause(*, by: str = "", reason: str = "") -> dict:
+    """Stop every worker from taking jobs (running ones finish). Idempotent: a second pause keeps the first's info."""
+    if queues.pause_set(get_redis(), by=by, at=timezone.now().isoformat(), reason=_reason(reason)):
+        log.warning("queue paused by %s", _said(by, reason))
     return queue_status()
 
 
 def queue_resume(*, by: str = "") -> dict:
     if queues.pause_clear(get_redis()):
-        log.warning("queue resumed by %s", by or "unknown")
+        log.warning("queue resumed by %s", _said(by))
+    return queue_status()
+
+
+def queue_intake(*, open: bool, by: str = "", reason: str = "") -> dict:  # noqa: A002 - the API's word
+    """Close intake (submissions answer 503 intake_closed; workers keep draining) or open it again.
+    Idempotent: closing twice keeps the first close's who/when/why."""
+    changed = queues.intake_set(
+        get_redis(), closed=not open, by=by, at=timezone.now().isoformat(), reason=_reason(reason)
+    )
+    if changed:
+        log.warning("intake %s by %s", "opened" if open else "closed", _said(by, reason))
     return queue_status()
 
 

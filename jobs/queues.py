@@ -29,6 +29,10 @@ QUEUE_PRIORITY_ORDER = ("high", "normal", "low")
 QUEUE_ORDER = tuple(settings.AI_QUEUES[priority] for priority in QUEUE_PRIORITY_ORDER)
 QUEUE_STATUSES = ("waiting", "active", "delayed", "completed", "failed")
 PAUSE_INFO_KEY = "aipb:queue:paused"
+INTAKE_CLOSED_KEY = "aipb:intake:closed"  # who closed intake, when and why; absent: intake is open
+# Submissions read the intake flag through a per-process copy this old at most: a switch takes effect on
+# every web worker within a second, and a submission costs no extra Redis round trip.
+INTAKE_CACHE_SECONDS = 1.0
 
 
 def queue_name(priority: str) -> str:
@@ -163,11 +167,7 @@ def is_paused(conn=None) -> bool:
 
 
 def pause_info(conn) -> dict:
-    raw = conn.get(PAUSE_INFO_KEY)
-    try:
-        info = json.loads(raw) if raw else {}
-    except ValueError:
-        info = {}
+    info = _info(conn.get(PAUSE_INFO_KEY))
     return {"paused_by": info.get("by", ""), "paused_at": info.get("at"), "reason": info.get("reason", "")}
 
 
@@ -177,6 +177,45 @@ def pause_set(conn, *, by: str, at: str, reason: str) -> bool:
     suspend(conn)
     conn.set(PAUSE_INFO_KEY, json.dumps({"by": by, "at": at, "reason": reason}), nx=was_paused)
     return not was_paused
+
+
+def _info(raw) -> dict:
+    try:
+        info = json.loads(raw) if raw else {}
+    except ValueError:
+        info = {}
+    return info if isinstance(info, dict) else {}
+
+
+_intake_seen: tuple[float, dict | None] = (0.0, None)  # (monotonic time read, closed info or None)
+
+
+def intake_closed_info(through=None, *, fresh: bool = False) -> dict | None:
+    """{"by", "at", "reason"} while intake is closed, None while open. Cached per process for
+    INTAKE_CACHE_SECONDS unless fresh. `through`: how to reach Redis (aipb.redis_client.best_effort for a
+    web request; default the process's client)."""
+    global _intake_seen
+    now = time.monotonic()
+    if not fresh and now - _intake_seen[0] < INTAKE_CACHE_SECONDS:
+        return _intake_seen[1]
+    raw = through(lambda conn: conn.get(INTAKE_CLOSED_KEY)) if through else get_redis().get(INTAKE_CLOSED_KEY)
+    info = _info(raw) if raw is not None else None
+    _intake_seen = (now, info)
+    return info
+
+
+def intake_forget() -> None:
+    """Drop this process's copy of the intake flag (the next submission reads Redis)."""
+    global _intake_seen
+    _intake_seen = (0.0, None)
+
+
+def intake_set(conn, *, closed: bool, by: str = "", at: str = "", reason: str = "") -> bool:
+    """Close or open intake; returns whether that changed anything. A second close keeps the first one's info."""
+    intake_forget()
+    if closed:
+        return bool(conn.set(INTAKE_CLOSED_KEY, json.dumps({"by": by, "at": at, "reason": reason}), nx=True))
+    return bool(conn.delete(INTAKE_CLOSED_KEY))
 
 
 def pause_clear(conn) -> bool:

@@ -9,9 +9,11 @@ import math
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from redis.exceptions import RedisError
 
-from aipb.exceptions import Conflict, InvalidInput
-from jobs import catalogue
+from aipb.exceptions import Conflict, IntakeClosed, InvalidInput
+from aipb.redis_client import best_effort
+from jobs import catalogue, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
@@ -84,6 +86,7 @@ def job_submit(
     idempotency_key: str | None = None,
 ) -> tuple[AIJob, bool]:
     """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
+    _check_intake()
     provider = provider or catalogue.default_provider()
     try:
         model = model or catalogue.default_model(provider)
@@ -140,6 +143,23 @@ def job_submit(
         return _idempotent_replay(existing, fingerprint), False
     enqueue_on_commit(job, fail_fast=True)
     return job, True
+
+
+INTAKE_RETRY_AFTER_SECONDS = 60
+
+
+def _check_intake() -> None:
+    try:
+        closed = queues.intake_closed_info(best_effort)
+    except RedisError:  # Redis down: nobody can have closed intake since; submissions go on (reconcile delivers)
+        return
+    if closed is not None:
+        reason = f": {closed['reason']}" if closed.get("reason") else ""
+        raise IntakeClosed(
+            f"intake is closed by an operator{reason}; try again later",
+            details={"closed_at": closed.get("at"), "reason": closed.get("reason", "")},
+            retry_after=INTAKE_RETRY_AFTER_SECONDS,
+        )
 
 
 def _idempotent_replay(existing: AIJob, fingerprint: str) -> AIJob:

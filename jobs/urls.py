@@ -12,4 +12,5 @@ urlpatterns = [
     path("queue", apis.QueueStatusApi.as_view(), name="queue-status"),
     path("queue/pause", apis.QueuePauseApi.as_view(), name="queue-pause"),
     path("queue/resume", apis.QueueResumeApi.as_view(), name="queue-resume"),
+    path("queue/intake", apis.QueueIntakeApi.as_view(), name="queue-intake"),
 ]

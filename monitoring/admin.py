@@ -50,6 +50,13 @@ def operations_view(request):
             elif action == "resume":
                 queue_control.queue_resume(by=request.user.get_username())
                 messages.success(request, "Queue resumed: workers take jobs again.")
+            elif action == "close-intake":
+                reason = request.POST.get("reason", "").strip()
+                queue_control.queue_intake(open=False, by=request.user.get_username(), reason=reason)
+                messages.warning(request, "Intake closed: submissions answer 503 until you open it; workers drain.")
+            elif action == "open-intake":
+                queue_control.queue_intake(open=True, by=request.user.get_username())
+                messages.success(request, "Intake open: submissions are accepted again.")
             else:
                 messages.error(request, "Unknown action.")
         except (RedisError, ServiceError) as exc:

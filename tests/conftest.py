@@ -15,7 +15,8 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from aipb.redis_client import get_redis
 from jobs.models import FINAL_STATUSES, AIJob
 from jobs.providers import reset_providers
-from jobs.queues import all_queues
+from jobs.queues import all_queues, intake_forget
+from jobs.worker import AIPBWorker
 from tests.factories import UserFactory
 
 DRILLS = Path(__file__).parent / "e2e"
@@ -47,8 +48,10 @@ def redis_conn():
     """The test Redis database, emptied before and after the test (REDIS_URL must point at a test database)."""
     conn = get_redis()
     conn.flushdb()
+    intake_forget()  # the process's copy of the intake flag must not outlive the flush
     yield conn
     conn.flushdb()
+    intake_forget()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ def test_staff_reads_the_queue_status(staff_api, user, redis_conn):
     body = response.json()
     assert set(body) == {
         "paused",
+        "intake",
         "paused_by",
         "paused_at",
         "reason",

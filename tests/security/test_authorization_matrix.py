@@ -57,6 +57,7 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "api/ai/queue"): _staff_only(200),
     ("POST", "api/ai/queue/pause"): _staff_only(200),
     ("POST", "api/ai/queue/resume"): _staff_only(200),
+    ("POST", "api/ai/queue/intake"): _staff_only(200),
     ("GET", "api/ai/dlq"): _staff_only(200),
     ("GET", "api/ai/dlq/stats"): _staff_only(200),
     ("POST", "api/ai/dlq/retry"): _staff_only(202),
@@ -120,6 +121,8 @@ def body_of(method: str, route: str) -> dict | None:
         return {"username": "alice", "password": "correct-horse-battery"}
     if (method, route) == ("POST", "api/ai/jobs"):
         return {"prompt": "A page for the matrix", "provider": "simulated", "model": "sim-small"}
+    if (method, route) == ("POST", "api/ai/queue/intake"):
+        return {"open": False, "reason": "the matrix"}
     return None
 
 
@@ -130,6 +133,7 @@ def state() -> dict:
         "dead_letters": sorted(DeadLetter.objects.values_list("id", "status")),
         "usage": TokenUsage.objects.count(),
         "paused": queue_control.queue_status()["paused"],
+        "intake": queue_control.queue_status()["intake"]["open"],
     }
 
 
