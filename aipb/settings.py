@@ -210,6 +210,8 @@ AI_MAX_ATTEMPTS = env_int("AI_MAX_ATTEMPTS", 3, minimum=1)
 # A worker whose last heartbeat is older than this is gone: not counted in ai_workers or queue status, and
 # unregistered by reconcile. Idle workers beat at least every 60 s (jobs.worker.ResilienceMixin).
 AI_WORKER_GONE_SECONDS = env_int("AI_WORKER_GONE_SECONDS", 90, minimum=65)
+# Retire a worker process after this many jobs (0: never); its pool starts a new one (jobs.worker.RecycleMixin).
+AI_WORKER_MAX_JOBS = env_int("AI_WORKER_MAX_JOBS", 0, minimum=0)
 AI_WORKER_CONCURRENCY = env_int("AI_WORKER_CONCURRENCY", 10, minimum=1)
 AI_RATE_LIMIT_PER_SECOND = env_float("AI_RATE_LIMIT_PER_SECOND", 20.0, minimum=0)
 AI_RATE_LIMIT_BURST = env_float("AI_RATE_LIMIT_BURST", 0.0, minimum=0)  # 0 = one second's worth

@@ -18,9 +18,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from aipb.admin_mixins import StaffReadOnlyMixin
+from aipb.commands import age
 from aipb.exceptions import NotFound, ServiceError
 from jobs import actions
-from jobs.management.output import age
 from jobs.models import AIJob, JobAttempt
 from jobs.serializers import AttemptOutputSerializer
 

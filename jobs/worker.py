@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+from django.conf import settings
 from django.db import close_old_connections, connections
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -106,7 +107,18 @@ class ResilienceMixin:
         )
 
 
-class AIPBWorker(ResilienceMixin, PauseAwareMixin, Worker):
+class RecycleMixin:
+    """AI_WORKER_MAX_JOBS retires a worker after that many jobs (leaky SDKs, fragmented memory): it finishes
+    the job in hand and exits cleanly, and `rqworker-pool` starts a fresh one in its place. rqworker-pool
+    has no --max-jobs of its own; `rqworker --max-jobs N` still wins where it is given."""
+
+    def work(self, burst: bool = False, *args, max_jobs: int | None = None, **kwargs):
+        if max_jobs is None and settings.AI_WORKER_MAX_JOBS:
+            max_jobs = settings.AI_WORKER_MAX_JOBS
+        return super().work(burst, *args, max_jobs=max_jobs, **kwargs)
+
+
+class AIPBWorker(RecycleMixin, ResilienceMixin, PauseAwareMixin, Worker):
     _worker_pid = 0
 
     def __init__(self, *args, **kwargs):
@@ -130,7 +142,7 @@ class AIPBWorker(ResilienceMixin, PauseAwareMixin, Worker):
             connections.close_all()
 
 
-class AIPBSimpleWorker(ResilienceMixin, PauseAwareMixin, SimpleWorker):
+class AIPBSimpleWorker(RecycleMixin, ResilienceMixin, PauseAwareMixin, SimpleWorker):
     """Jobs run in this process, so nothing heart-beats while one runs (RQ's forking worker beats from the
     parent): a thread does, so a long provider call does not make the worker look gone
     (settings.AI_WORKER_GONE_SECONDS)."""

@@ -87,12 +87,33 @@ def test_retry_one_entry(kill, user):
 def test_retry_all_with_a_filter(kill, user):
     auth, flaky = kill(user, error="auth"), kill(user, error="unavailable")
 
-    out = dlq("retry", "--all", "--error-type", "SERVICE_UNAVAILABLE")
+    out = dlq("retry", "--all", "--error-type", "SERVICE_UNAVAILABLE", "--yes")
 
     assert out.strip() == "retried 1 dead letter (0 skipped)"
     assert dict(DeadLetter.objects.values_list("id", "status")) == {auth.id: "open", flaky.id: "retried"}
-    assert json.loads(dlq("retry", "--all", "--json")) == {"retried": 1, "skipped": 0}
+    assert json.loads(dlq("retry", "--all", "--json", "--yes")) == {"retried": 1, "skipped": 0}
     assert DeadLetter.objects.filter(status="open").count() == 0
+
+
+def test_retry_all_dry_run_counts_and_changes_nothing(kill, user):
+    kill(user, error="auth")
+    kill(user, error="unavailable")
+    before = snapshot()
+    assert dlq("retry", "--all", "--dry-run") == "would retry 2 dead letters (dry run: nothing changed)\n"
+    out = dlq("retry", "--all", "--dry-run", "--json", "--error-type", "AUTH_ERROR")
+    assert json.loads(out) == {"matched": 1, "dry_run": True}
+    assert snapshot() == before
+
+
+def test_retry_all_without_yes_refuses_when_stdin_is_not_a_terminal(kill, user):
+    kill(user)
+    assert (
+        refused("retry", "--all")
+        == "refusing to retry every dead letter (open) without --yes (stdin is not a terminal)"
+    )
+    assert refused("retry", "--all", "--provider", "simulated", "--json") == (
+        "refusing to retry every dead letter (open, provider simulated) without --yes (stdin is not a terminal)"
+    )
 
 
 def test_discard(kill, user, staff_api):
@@ -147,6 +168,8 @@ def test_prune_beyond_one_batch(kill, user, settings):
         (("retry",), "give a dead letter id, or --all"),
         (("retry", "1", "--all"), "give either an id or --all, not both"),
         (("retry", "1", "--error-type", "TIMEOUT"), "--error-type, --provider and --model filter --all"),
+        (("retry", "1", "--dry-run"), "--dry-run goes with --all"),
+        (("retry", "--all", "--dry-run", "--model", "x" * 201), "invalid --model: Ensure this field has no more than"),
         (("retry", "--all", "--error-type", "NOPE"), 'invalid --error-type: "NOPE" is not a valid choice.'),
         (("retry", "--all", "--provider", "acme"), 'invalid --provider: "acme" is not a valid choice.'),
         (("list", "--status", "bogus"), 'invalid --status: "bogus" is not a valid choice.'),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
@@ -24,8 +25,15 @@ from tests.ops.conftest import BASE_DIR, child_env, manage, sim, submit
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def run(*args) -> str:
-    out = StringIO()
+class Terminal(StringIO):
+    """Output that says it is a terminal: progress is shown only there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run(*args, tty: bool = False) -> str:
+    out = Terminal() if tty else StringIO()
     call_command("jobs", *args, stdout=out, stderr=StringIO())
     return out.getvalue()
 
@@ -111,6 +119,54 @@ def test_list_bad_input(user, redis_conn, args, message):
         run("list", *args)
 
 
+def list_ids(*args) -> list[str]:
+    return [item["id"] for item in json.loads(run("list", "--json", *args))]
+
+
+def test_list_by_owner_creation_window_and_offset(mixed, staff_api):
+    ok, auth, model, queued = (str(mixed[k].id) for k in ("ok", "auth", "model", "queued"))
+    assert set(list_ids("--owner", "alice")) == {ok, auth}
+    assert all("bob" in line for line in run("list", "--owner", "bob").splitlines()[1:])
+    created = {ok: datetime(2025, 1, 30, 23, tzinfo=UTC), auth: datetime(2025, 1, 31, 12, tzinfo=UTC)}
+    created[model] = datetime(2025, 2, 1, tzinfo=UTC)  # the queued one is created now
+    for job_id, moment in created.items():
+        AIJob.objects.filter(id=job_id).update(created_at=moment)
+    assert list_ids("--since", "2025-01-31", "--until", "2025-01-31") == [auth]  # a date as --until: all that day
+    assert list_ids("--since", "2025-01-31T00:00Z", "--until", "2025-02-01T00:00:00Z") == [auth]  # exclusive
+    assert list_ids("--since", "2025-01-31") == [queued, model, auth]
+    assert list_ids("--until", "2025-01-31", "--owner", "alice") == [auth, ok]
+    # --offset pages as the API does
+    everything = list_ids()
+    page = [item["id"] for item in staff_api.get("/api/ai/jobs", {"limit": 2, "offset": 1}).json()["results"]]
+    assert list_ids("--limit", "2", "--offset", "1") == everything[1:3] == page
+    assert list_ids("--offset", "4") == []
+    assert run("list", "--owner", "bob", "--since", "2999-01-01") == "no jobs match\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--owner", "nobody"), "--owner: unknown user 'nobody'"),
+        (("--offset", "-1"), "--offset must be a whole number from 0 to 10000000, not '-1'"),
+        (("--offset", "abc"), "--offset must be a whole number from 0 to 10000000, not 'abc'"),
+        (("--offset", "10000001"), "--offset must be a whole number from 0 to 10000000"),
+        (("--since", "yesterday"), "--since must be a date (2025-01-31) or ISO date-time"),
+        (("--until", "2025-02-30"), "--until must be a date (2025-01-31) or ISO date-time"),
+        (
+            ("--since", "2025-02-01", "--until", "2025-01-31"),
+            "--since (2025-02-01) must be before --until (2025-01-31)",
+        ),
+    ],
+)
+def test_list_owner_window_and_offset_bad_input(user, args, message):
+    submit(user)
+    before = snapshot()
+    with pytest.raises(CommandError) as excinfo:
+        run("list", *args)
+    assert str(excinfo.value).startswith(message) and "\n" not in str(excinfo.value)
+    assert snapshot() == before
+
+
 # --- view ---
 
 
@@ -147,6 +203,57 @@ def test_unknown_and_malformed_ids(user, redis_conn):
         with pytest.raises(CommandError, match="not a valid job id"):
             run(action, str(job.id) + "0", *extra)
     assert snapshot() == before
+
+
+# --- short ids ---
+
+
+def test_a_short_id_prefix_names_one_job_for_every_action(mixed, redis_conn):
+    auth, queued, ok = mixed["auth"], mixed["queued"], mixed["ok"]
+    assert run("view", auth.id.hex[:8]).splitlines()[0] == f"job {auth.id}"
+    assert json.loads(run("view", auth.id.hex[:12].upper(), "--json"))["id"] == str(auth.id)
+    assert f"job {auth.id} queued again" in run("retry", auth.id.hex[:8])
+    assert run("cancel", queued.id.hex[:8]) == f"job {queued.id} canceled\n"
+    assert run("delete", ok.id.hex[:8], "--yes") == f"job {ok.id} deleted\n"
+    assert status_of(auth) == JobStatus.QUEUED and status_of(queued) == JobStatus.CANCELED
+    assert not AIJob.objects.filter(id=ok.id).exists()
+
+
+@pytest.fixture
+def twins(user):
+    """Two dead jobs whose ids share their first eight digits."""
+    ids = ("3f2a1b2c-1111-4000-8000-000000000001", "3f2a1b2c-2222-4000-8000-000000000002")
+    for job_id in ids:
+        AIJob.objects.create(
+            id=job_id, owner=user, provider="local", model="local-page", prompt="p", status=JobStatus.DEAD
+        )
+    return ids
+
+
+@pytest.mark.parametrize("action", ["view", "retry", "cancel", "delete"])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("3f2a1b2c", "job id prefix 3f2a1b2c is ambiguous (3f2a1b2c-1111-4000-8000-000000000001, "
+                     "3f2a1b2c-2222-4000-8000-000000000002): give more digits"),
+        ("3f2a1b2d", "no job id starts with 3f2a1b2d"),
+        ("3f2", "not a valid job id: '3f2' (expected a UUID); a short id is its first 4 or more hex digits"),
+        ("3f2a1b2c-1111", "not a valid job id: '3f2a1b2c-1111' (expected a UUID)"),
+    ],
+)  # fmt: skip
+def test_an_ambiguous_unknown_or_short_prefix_is_refused_and_changes_nothing(twins, action, value, message):
+    before = snapshot()
+    with pytest.raises(CommandError) as excinfo:
+        run(action, value, *(("--yes",) if action == "delete" else ()))
+    assert str(excinfo.value).startswith(message) and "\n" not in str(excinfo.value)
+    assert snapshot() == before
+    assert run("view", "3f2a1b2c2").splitlines()[0] == f"job {twins[1]}"  # nothing lost: one digit more works
+
+
+def test_an_ambiguous_prefix_on_the_command_line_is_one_line_and_exit_1(twins):
+    result = manage("jobs", "view", "3f2a")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("CommandError: job id prefix 3f2a is ambiguous")
 
 
 # --- retry / cancel ---
@@ -201,23 +308,26 @@ def test_bulk_retry_of_dead_jobs_by_error_type(mixed, run_worker):
     assert out == "would retry 1 dead jobs (dry run: nothing changed)\n"
     assert snapshot() == before
 
-    out = run("retry", "--status", "dead", "--error-type", "AUTH_ERROR")
+    out = run("retry", "--status", "dead", "--error-type", "AUTH_ERROR", "--yes")
     assert out.strip() == "retried 1 of 1 dead jobs"
     assert status_of(mixed["auth"]) == JobStatus.QUEUED
     assert status_of(mixed["model"]) == JobStatus.DEAD
     assert DeadLetter.objects.get(job_uuid=mixed["auth"].id).status == DeadLetterStatus.RETRIED
     assert DeadLetter.objects.get(job_uuid=mixed["model"].id).status == DeadLetterStatus.OPEN
 
-    out = run("retry", "--status", "dead")
+    out = run("retry", "--status", "dead", "--yes")
     assert out.strip() == "retried 1 of 1 dead jobs"  # the MODEL_ERROR one; the other is queued now
     assert status_of(mixed["model"]) == JobStatus.QUEUED
 
 
 def test_bulk_retry_since(mixed):
     before = snapshot()
-    assert run("retry", "--status", "dead", "--since", "2999-01-01").strip() == "retried 0 of 0 dead jobs"
+    assert run("retry", "--status", "dead", "--since", "2999-01-01", "--yes").strip() == "retried 0 of 0 dead jobs"
     assert snapshot() == before
-    assert run("retry", "--status", "dead", "--since", "2000-01-01T00:00:00Z").strip() == "retried 2 of 2 dead jobs"
+    assert (
+        run("retry", "--status", "dead", "--since", "2000-01-01T00:00:00Z", "--yes").strip()
+        == "retried 2 of 2 dead jobs"
+    )
 
 
 def test_bulk_retry_of_many_shows_progress_and_each_job_is_retried_once(user, run_worker):
@@ -225,7 +335,7 @@ def test_bulk_retry_of_many_shows_progress_and_each_job_is_retried_once(user, ru
     run_worker()
     assert AIJob.objects.filter(status=JobStatus.DEAD).count() == 60
 
-    out = run("retry", "--status", "dead")
+    out = run("retry", "--status", "dead", "--yes", tty=True)
 
     lines = out.splitlines()
     assert lines[0] == "retrying: 1/60 (1%)" and "retrying: 60/60 (100%)" in lines
@@ -236,6 +346,28 @@ def test_bulk_retry_of_many_shows_progress_and_each_job_is_retried_once(user, ru
         row = AIJob.objects.get(id=job.id)
         assert row.status == JobStatus.SUCCEEDED and row.attempts == 2
         assert list(JobAttempt.objects.filter(job=row).values_list("outcome", flat=True)) == ["failed", "succeeded"]
+
+
+def test_bulk_retry_without_yes_refuses_when_stdin_is_not_a_terminal(mixed):
+    before = snapshot()
+    with pytest.raises(CommandError) as excinfo:
+        run("retry", "--status", "dead")
+    assert str(excinfo.value) == "refusing to retry every dead job without --yes (stdin is not a terminal)"
+    assert snapshot() == before
+
+
+def test_bulk_retry_on_a_terminal_asks_first(mixed):
+    auth, model = mixed["auth"], mixed["model"]
+    args = ["jobs", "retry", "--status", "dead", "--error-type", "AUTH_ERROR"]
+    code, output = _run_on_a_terminal(args, b"n\n")
+    assert "Retry 1 dead jobs? [y/N]" in output
+    assert code == 1 and "CommandError: nothing retried" in output
+    assert status_of(auth) == JobStatus.DEAD
+
+    code, output = _run_on_a_terminal(args, b"y\n")
+    assert code == 0 and "retried 1 of 1 dead jobs" in output
+    assert "retrying:" not in output  # one job: too few for progress lines
+    assert status_of(auth) == JobStatus.QUEUED and status_of(model) == JobStatus.DEAD
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from io import StringIO
 
@@ -21,8 +22,15 @@ from tests.ops.conftest import sim, submit, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def run(*args) -> str:
-    out = StringIO()
+class Terminal(StringIO):
+    """Output that says it is a terminal: progress is shown only there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run(*args, tty: bool = False) -> str:
+    out = Terminal() if tty else StringIO()
     call_command(*args, stdout=out, stderr=StringIO())
     return out.getvalue()
 
@@ -271,6 +279,22 @@ def test_clear_bad_input_changes_nothing(user, run_worker, redis_conn, args, mes
     assert redis_snapshot(redis_conn) == keys
 
 
+def test_clear_dry_run_counts_and_changes_nothing(user, run_worker, redis_conn):
+    _prepare_mixed(user, run_worker)
+    rows, keys = db_snapshot(), redis_snapshot(redis_conn)
+    assert run("queue", "clear", "--dry-run").splitlines() == [
+        "waiting: 2 jobs would be canceled",
+        "delayed: 1 jobs would be canceled",
+        "dry run: nothing changed",
+    ]
+    out = run("queue", "clear", "--status", "failed", "--status", "waiting", "--dry-run")
+    assert out.splitlines()[:2] == ["failed: 0 RQ jobs would be removed", "waiting: 2 jobs would be canceled"]
+    assert db_snapshot() == rows
+    assert redis_snapshot(redis_conn) == keys
+    with pytest.raises(CommandError, match="--status must be one of"):
+        run("queue", "clear", "--status", "active", "--dry-run")
+
+
 @pytest.mark.parametrize("args", [("bogus",), ("status", "--bogus"), ("pause", "extra")])
 def test_unknown_subcommands_and_options_are_errors(args, redis_conn):
     with pytest.raises(CommandError):
@@ -280,7 +304,46 @@ def test_unknown_subcommands_and_options_are_errors(args, redis_conn):
 
 def test_clear_of_many_shows_progress(user, redis_conn):
     jobs = [submit(user) for _ in range(120)]
-    out = run("queue", "clear", "--status", "waiting", "--yes")
+    out = run("queue", "clear", "--status", "waiting", "--yes", tty=True)
     assert "clearing waiting: 120/120 (100%)" in out
     assert "120 jobs canceled" in out
     assert AIJob.objects.filter(id__in=[j.id for j in jobs], status=JobStatus.CANCELED).count() == 120
+
+
+def test_clear_of_many_shows_no_progress_when_not_on_a_terminal(user, redis_conn):
+    for _ in range(60):
+        submit(user)
+    out = run("queue", "clear", "--status", "waiting", "--yes")
+    assert out == "cleared waiting: 60 jobs canceled, 60 RQ jobs removed\n"
+
+
+# --- intake ---
+
+
+def test_intake_off_refuses_submissions_and_on_accepts_them_again(api, redis_conn):
+    out = run("queue", "intake", "off", "--reason", "moving the database")
+    assert "intake closed" in out
+    assert queue_control.queue_status()["intake"]["reason"] == "moving the database"
+    assert "INTAKE CLOSED" in run("queue", "status") and "moving the database" in run("queue", "status")
+    refused = api.post("/api/ai/jobs", {"prompt": "p", "provider": "local"}, format="json")
+    assert refused.status_code == 503 and refused.json()["error"]["type"] == "intake_closed"
+
+    assert "intake open" in run("queue", "intake", "on")
+    assert queue_control.queue_status()["intake"]["open"] is True
+    assert "INTAKE CLOSED" not in run("queue", "status")
+    assert api.post("/api/ai/jobs", {"prompt": "p", "provider": "local"}, format="json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("queue", "intake"), "state"),
+        (("queue", "intake", "shut"), "invalid choice"),
+        (("queue", "intake", "on", "--reason", "x"), "--reason goes with `intake off`"),
+        (("queue", "intake", "off", "--reason", "x" * 501), "reason must be at most 500 characters"),
+    ],
+)
+def test_intake_bad_input_is_one_line_and_changes_nothing(args, message, redis_conn):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        run(*args)
+    assert queue_control.queue_status()["intake"]["open"] is True

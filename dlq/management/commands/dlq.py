@@ -1,14 +1,15 @@
-"""manage.py dlq list|stats|retry|discard|prune — the dead-letter queue for operators and scripts."""
+"""manage.py dlq list|stats|retry|discard|prune — the dead-letter queue for operators and scripts.
+
+dlq retry --all [--error-type T] [--provider P] [--model M] [--dry-run] [--yes] [--json]
+"""
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from rest_framework import serializers
 
-from aipb.exceptions import ServiceError
+from aipb.commands import OperatorCommand, clip
 from dlq import records, selectors, services
 from dlq.apis import DeadLetterFilters, DeadLetterListParams
 from dlq.serializers import DeadLetterOutputSerializer, DeadLetterStatsSerializer
@@ -35,12 +36,10 @@ def _validated(serializer_class: type[serializers.Serializer], data: dict) -> di
     return dict(checked.validated_data)
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "Inspect, retry, discard and prune dead letters (jobs that gave up)."
 
-    def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{list,stats,retry,discard,prune}")
-
+    def add_subcommands(self, sub):
         p = sub.add_parser("list", help="dead letters, newest first")
         p.add_argument("--limit", default="50", help="how many (1-500, default 50)")
         p.add_argument("--offset", default="0", help="skip this many first")
@@ -59,6 +58,8 @@ class Command(BaseCommand):
         p.add_argument("--error-type", help="with --all: only this error type")
         p.add_argument("--provider", help="with --all: only this provider")
         p.add_argument("--model", help="with --all: only this model")
+        p.add_argument("--dry-run", action="store_true", help="with --all: count, change nothing")
+        p.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
         p.add_argument("--json", action="store_true")
 
         p = sub.add_parser("discard", help="mark one open entry discarded (the job stays dead)")
@@ -68,18 +69,9 @@ class Command(BaseCommand):
         p = sub.add_parser("prune", help="apply retention now (AI_DLQ_MAX_ENTRIES, AI_DLQ_MAX_AGE_DAYS)")
         p.add_argument("--json", action="store_true")
 
-    def handle(self, *args, **options):
-        try:
-            getattr(self, f"_{options['action']}")(options)
-        except ServiceError as exc:
-            raise CommandError(exc.message) from None
-
-    def _json(self, data: object) -> None:
-        self.stdout.write(json.dumps(data))
-
     # --- subcommands ---
 
-    def _list(self, options: dict) -> None:
+    def _list(self, **options) -> None:
         params = _validated(
             DeadLetterListParams,
             {
@@ -95,7 +87,7 @@ class Command(BaseCommand):
         entries = list(selectors.dlq_list(filters=params)[offset : offset + limit])
         rows = DeadLetterOutputSerializer(entries, many=True).data
         if options["json"]:
-            self._json(rows)
+            self.print_json(rows)
             return
         if not rows:
             self.stdout.write("no dead letters match")
@@ -110,17 +102,17 @@ class Command(BaseCommand):
                 f"{row['provider']}/{row['model']}",
                 row["job_id"],
                 row["created_at"],
-                _clip(row["error_message"]),
+                clip(row["error_message"], MESSAGE_WIDTH),
             ]
             for row in rows
         ]
         header = ["ID", "STATUS", "ERROR", "RETRYABLE", "ATTEMPTS", "PROVIDER/MODEL", "JOB", "CREATED", "MESSAGE"]
-        self._table(header, table, status_column=1)
+        self.print_table(header, table, styles={1: self._status_style})
 
-    def _stats(self, options: dict) -> None:
+    def _stats(self, **options) -> None:
         data = DeadLetterStatsSerializer(selectors.dlq_stats()).data
         if options["json"]:
-            self._json(data)
+            self.print_json(data)
             return
         width = 15
         self.stdout.write(f"{'total':<{width}} {data['total']}")
@@ -139,14 +131,32 @@ class Command(BaseCommand):
             for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
                 self.stdout.write(f"  {name:<{name_width}} {count:>6}")
 
-    def _retry(self, options: dict) -> None:
+    def _retry(self, **options) -> None:
         filters = {"error_type": options["error_type"], "provider": options["provider"], "model": options["model"]}
         if options["all"]:
             if options["id"] is not None:
                 raise CommandError("give either an id or --all, not both")
-            result = services.dlq_retry_bulk(filters=_validated(DeadLetterFilters, filters))
+            filters = _validated(DeadLetterFilters, filters)
+            if options["dry_run"]:
+                matched = selectors.dlq_list(filters={**filters, "status": "open"}).count()
+                if options["json"]:
+                    self.print_json({"matched": matched, "dry_run": True})
+                else:
+                    self.stdout.write(f"would retry {_count(matched)} (dry run: nothing changed)")
+                return
+            scope = ", ".join(["open", *(f"{key.replace('_', ' ')} {value}" for key, value in filters.items())])
+            self.confirm(
+                yes=options["yes"],
+                action=f"retry every dead letter ({scope})",
+                question=lambda: (
+                    f"Retry {_count(selectors.dlq_list(filters={**filters, 'status': 'open'}).count())} ({scope})?"
+                    " Their jobs are queued again with a fresh attempt budget."
+                ),
+                declined="nothing retried",
+            )
+            result = services.dlq_retry_bulk(filters=filters)
             if options["json"]:
-                self._json(result.as_dict())
+                self.print_json(result.as_dict())
             else:
                 self.stdout.write(
                     self.style.SUCCESS(f"retried {_count(result.retried)}") + f" ({result.skipped} skipped)"
@@ -156,23 +166,25 @@ class Command(BaseCommand):
             raise CommandError("give a dead letter id, or --all")
         if any(value is not None for value in filters.values()):
             raise CommandError("--error-type, --provider and --model filter --all; they do not apply to one id")
+        if options["dry_run"]:
+            raise CommandError("--dry-run goes with --all; to see one entry, use `dlq list`")
         entry, job = services.dlq_retry(entry_id=options["id"])
         if options["json"]:
-            self._json({"dlq_id": entry.id, "job_id": str(job.id), "status": job.status})
+            self.print_json({"dlq_id": entry.id, "job_id": str(job.id), "status": job.status})
         else:
             self.stdout.write(self.style.SUCCESS(f"dead letter {entry.id} retried: job {job.id} is {job.status}"))
 
-    def _discard(self, options: dict) -> None:
+    def _discard(self, **options) -> None:
         entry = services.dlq_discard(entry_id=options["id"])
         if options["json"]:
-            self._json(DeadLetterOutputSerializer(entry).data)
+            self.print_json(DeadLetterOutputSerializer(entry).data)
         else:
             self.stdout.write(self.style.SUCCESS(f"dead letter {entry.id} discarded (job {entry.job_uuid} stays dead)"))
 
-    def _prune(self, options: dict) -> None:
+    def _prune(self, **options) -> None:
         result = records.dlq_prune()
         if options["json"]:
-            self._json(result.as_dict())
+            self.print_json(result.as_dict())
             return
         age = settings.AI_DLQ_MAX_AGE_DAYS
         self.stdout.write(
@@ -181,28 +193,9 @@ class Command(BaseCommand):
             + f", {result.over_cap} beyond the newest {settings.AI_DLQ_MAX_ENTRIES}"
         )
 
-    # --- output ---
-
-    def _table(self, header: list[str], rows: list[list[str]], *, status_column: int) -> None:
-        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-        widths[-1] = 0  # the last column is not padded
-        self.stdout.write(self.style.MIGRATE_HEADING(_join(header, widths)))
-        styles = {"open": self.style.WARNING, "retried": self.style.SUCCESS, "discarded": lambda text: text}
-        for row in rows:
-            line = _join(row, widths)
-            status = row[status_column]
-            start = sum(widths[:status_column]) + 2 * status_column
-            end = start + widths[status_column]
-            self.stdout.write(line[:start] + styles[status](line[start:end]) + line[end:])
-
-
-def _join(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_WIDTH else text[: MESSAGE_WIDTH - 1] + "…"
+    def _status_style(self, value: str) -> str:
+        style = {"open": self.style.WARNING, "retried": self.style.SUCCESS}.get(value.strip())
+        return style(value) if style else value
 
 
 def _count(n: int) -> str:

@@ -1,9 +1,10 @@
-"""manage.py queue status|pause|resume|clear — RQ queue control for operators.
+"""manage.py queue status|pause|resume|intake|clear — RQ queue control for operators.
 
     queue status [--json]
     queue pause [--reason TEXT]     every worker on every host stops taking jobs; running ones finish
     queue resume
-    queue clear [--status waiting|delayed|failed|completed ...] [--yes]
+    queue intake off [--reason TEXT] | on    submissions answer 503 intake_closed while off; workers drain
+    queue clear [--status waiting|delayed|failed|completed ...] [--dry-run] [--yes]
 
 clear without --status clears waiting and delayed, i.e. cancels every job not yet started.
 """
@@ -11,23 +12,19 @@ clear without --status clears waiting and delayed, i.e. cancels every job not ye
 from __future__ import annotations
 
 import getpass
-import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from aipb.exceptions import ServiceError
+from aipb.commands import OperatorCommand, choice
 from jobs import queue_control
-from jobs.management.output import Progress, choice, print_json, print_table
 
 CANCELING = ("waiting", "delayed")
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "Queue sizes, pause and resume every worker, clear waiting/delayed/failed/completed jobs."
 
-    def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{status,pause,resume,clear}")
-
+    def add_subcommands(self, sub):
         p = sub.add_parser("status", help="sizes per status and queue, paused or not, workers")
         p.add_argument("--json", action="store_true", help="print the object GET /api/ai/queue returns")
 
@@ -36,24 +33,23 @@ class Command(BaseCommand):
 
         sub.add_parser("resume", help="let workers take jobs again")
 
+        p = sub.add_parser("intake", help="close (off) or open (on) intake: while off, submissions answer 503")
+        p.add_argument("state", choices=("on", "off"), help="on: accept submissions; off: refuse them")
+        p.add_argument("--reason", default="", help="with off: shown in queue status and in the 503's message")
+
         p = sub.add_parser("clear", help="cancel waiting/delayed jobs, or empty RQ's failed/completed registries")
         p.add_argument(
             "--status",
             action="append",
             help=f"one of {', '.join(queue_control.CLEARABLE)}; repeatable (default: waiting and delayed)",
         )
+        p.add_argument("--dry-run", action="store_true", help="say how many each status holds, change nothing")
         p.add_argument("--yes", action="store_true", help="do not ask before canceling jobs")
-
-    def handle(self, *args, action: str, **options):
-        try:
-            getattr(self, f"_{action}")(**options)
-        except ServiceError as exc:
-            raise CommandError(exc.message) from None
 
     def _status(self, *, json, **_):
         status = queue_control.queue_status()
         if json:
-            print_json(self.stdout, status)
+            self.print_json(status)
             return
         self._print_status(status)
 
@@ -72,15 +68,45 @@ class Command(BaseCommand):
             + f": {status['worker_count']} workers, {status['totals']['waiting']} jobs waiting"
         )
 
-    def _clear(self, *, status, yes, **_):
+    def _intake(self, *, state, reason, **_):
+        if state == "on" and reason:
+            raise CommandError("--reason goes with `intake off`")
+        status = queue_control.queue_intake(open=state == "on", by=f"{getpass.getuser()} (manage.py)", reason=reason)
+        waiting = status["totals"]["waiting"]
+        if status["intake"]["open"]:
+            self.stdout.write(self.style.SUCCESS("intake open") + f": submissions are accepted; {waiting} jobs waiting")
+        else:
+            self.stdout.write(
+                self.style.WARNING("intake closed")
+                + f": submissions answer 503 until `manage.py queue intake on`; workers drain {waiting} waiting"
+            )
+
+    def _clear(self, *, status, dry_run, yes, **_):
         statuses = status or list(CANCELING)
         for value in statuses:
             choice(value, option="--status", choices=queue_control.CLEARABLE)
         statuses = list(dict.fromkeys(statuses))
-        if any(s in CANCELING for s in statuses) and not yes:
-            self._confirm(statuses)
+        if dry_run:
+            totals = queue_control.queue_status()["totals"]
+            for value in statuses:
+                what = "jobs would be canceled" if value in CANCELING else "RQ jobs would be removed"
+                self.stdout.write(f"{value}: {totals[value]} {what}")
+            self.stdout.write("dry run: nothing changed")
+            return
+        canceling = [s for s in statuses if s in CANCELING]
+        if canceling:
+            which = " and ".join(canceling)
+            self.confirm(
+                yes=yes,
+                action=f"cancel every {which} job",
+                question=lambda: (
+                    f"Cancel {sum(queue_control.queue_status()['totals'][s] for s in canceling)} {which} jobs?"
+                    " This cannot be undone."
+                ),
+                declined="nothing cleared",
+            )
         for value in statuses:
-            report = queue_control.queue_clear(status=value, on_progress=Progress(self.stdout, f"clearing {value}"))
+            report = queue_control.queue_clear(status=value, on_progress=self.progress(f"clearing {value}"))
             if value in CANCELING:
                 self.stdout.write(
                     self.style.SUCCESS(f"cleared {value}")
@@ -92,17 +118,6 @@ class Command(BaseCommand):
                     + f": {report.removed} RQ jobs removed (job rows and dead letters stay)"
                 )
 
-    def _confirm(self, statuses: list[str]) -> None:
-        which = " and ".join(s for s in statuses if s in CANCELING)
-        if not sys.stdin.isatty():
-            raise CommandError(f"refusing to cancel every {which} job without --yes (stdin is not a terminal)")
-        totals = queue_control.queue_status()["totals"]
-        count = sum(totals[s] for s in statuses if s in CANCELING)
-        self.stdout.write(f"Cancel {count} {which} jobs? This cannot be undone. [y/N] ", ending="")
-        self.stdout.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            raise CommandError("nothing cleared")
-
     def _print_status(self, status: dict) -> None:
         if status["paused"]:
             who = f" by {status['paused_by']}" if status["paused_by"] else ""
@@ -111,19 +126,24 @@ class Command(BaseCommand):
             self.stdout.write(self.style.ERROR(f"PAUSED{since}{who}{why}") + " (manage.py queue resume)")
         else:
             self.stdout.write(self.style.SUCCESS("running") + " (workers take jobs)")
+        intake = status["intake"]
+        if not intake["open"]:
+            who = f" by {intake['closed_by']}" if intake["closed_by"] else ""
+            why = f": {intake['reason']}" if intake["reason"] else ""
+            self.stdout.write(
+                self.style.ERROR(f"INTAKE CLOSED since {intake['closed_at']}{who}{why}")
+                + " (manage.py queue intake on)"
+            )
         columns = queue_control.STATUSES
         rows = [[q["name"], *(q[c] for c in columns)] for q in status["queues"]]
         rows.append(["total", *(status["totals"][c] for c in columns)])
-        print_table(
-            self.stdout, ("QUEUE", *(c.upper() for c in columns)), rows, header_style=self.style.MIGRATE_HEADING
-        )
+        self.print_table(("QUEUE", *(c.upper() for c in columns)), rows)
         jobs = status["jobs"]
         self.stdout.write(f"Postgres: {jobs['queued']} queued, {jobs['running']} running, {jobs['retrying']} retrying")
         workers = status["workers"]
         self.stdout.write(self.style.MIGRATE_HEADING(f"workers: {len(workers)}"))
         if workers:
-            print_table(
-                self.stdout,
+            self.print_table(
                 ("NAME", "HOST", "PID", "STATE", "CURRENT JOB", "DONE", "FAILED", "LAST HEARTBEAT"),
                 [
                     (

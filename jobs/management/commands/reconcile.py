@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError, close_old_connections
 from redis.exceptions import RedisError
 
+from aipb.commands import OperatorCommand
 from jobs.recovery import jobs_reconcile
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "Re-enqueue jobs Redis lost and recover jobs whose worker died (lease expired), each exactly once."
 
     def add_arguments(self, parser):
@@ -37,7 +37,7 @@ class Command(BaseCommand):
 
     def _print(self, report, *, as_json: bool, quiet_when_idle: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps(report.as_dict()))
+            self.print_json(report.as_dict(), one_line=True)  # with --every, one JSON document a line
             return
         total = len(report.requeued) + len(report.recovered) + len(report.dead)
         if quiet_when_idle and total == 0:
