@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-e2e lint format install services migrate version stop bench clean-var
+.PHONY: run not-running test test-e2e lint format install services migrate version stop bench clean-var
 
 $(STAMP):
 	python3 -m venv .venv
@@ -25,13 +25,17 @@ services: install
 migrate: services
 	$(PY) manage.py migrate --noinput
 
-run: migrate version
+# A second `make run` says so and stops here, before migrating or collecting anything.
+not-running: install
+	@$(PY) -m aipb.run check
+
+# aipb.run is exec'd: no shell stays between make and it, and it stops the embedded servers itself,
+# so Ctrl-C, SIGTERM to the group and a closed terminal (SIGHUP) all leave nothing running.
+run: not-running migrate version
+	-$(PY) manage.py usage prices sync  # a failed AI_PRICES_AUTO_UPDATE fetch must not stop the start
 	$(PY) manage.py bootstrap_admin
 	$(PY) manage.py collectstatic --noinput -v 0
-	@export PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/var/metrics}; \
-	  rm -rf "$$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"; \
-	  status=0; $(PY) -m aipb.run || status=$$?; \
-	  if [ -z "$$DATABASE_URL" ] && [ -z "$$REDIS_URL" ]; then $(PY) -m aipb.embedded down; fi; exit $$status
+	@exec $(PY) -m aipb.run
 
 # Tests flush their Redis database: in embedded mode they get database 15 of the embedded server,
 # never the one `make run` uses; with REDIS_URL set, point it at a database you can lose.
@@ -57,8 +61,10 @@ format: install
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
+# The app processes of a `make run` (its pid file is var/run.pid), then the embedded servers.
 stop: install
-	$(PY) -m aipb.embedded down
+	@$(PY) -m aipb.run stop
+	@$(PY) -m aipb.embedded down
 
 bench: services version
 	$(PY) -m bench.run_all

@@ -26,6 +26,11 @@ REDIS_DIR = VAR_DIR / "redis"
 DB_NAME = "aipb"
 
 
+def selected() -> bool:
+    """Embedded mode: neither DATABASE_URL nor REDIS_URL is set (settings.EMBEDDED, without Django)."""
+    return not os.environ.get("DATABASE_URL") and not os.environ.get("REDIS_URL")
+
+
 def read_env_file() -> dict[str, str]:
     if not ENV_FILE.exists():
         return {}

@@ -1,6 +1,8 @@
+from csp.constants import SELF
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from aipb import views
 
@@ -10,7 +12,17 @@ urlpatterns = [
     path("api/auth/token", views.AuthTokenApi.as_view(), name="api-token"),
     path("api/version", views.VersionApi.as_view(), name="api-version"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # the split view serves Swagger UI's start-up script from its own URL (`?script`), not inline, so the
+    # Content-Security-Policy needs no 'unsafe-inline' for scripts
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    # ReDoc's search index runs in a Web Worker it builds from a blob: URL (the CSP's worker-src)
+    path(
+        "api/redoc/",
+        csp_update({"worker-src": [SELF, "blob:"]})(
+            SpectacularRedocView.as_view(url_name="api-schema", template_name="api/redoc.html")
+        ),
+        name="api-redoc",
+    ),
     path("api/ai/", include("jobs.urls")),
     path("api/ai/", include("dlq.urls")),
     path("api/ai/", include("usage.urls")),

@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.is_relative_to(DRILLS))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def collected_static(tmp_path_factory) -> Iterator[Path]:
+    """Pages name their static files through the manifest (hashed names), as in production, so the files
+    are collected once per run (about 2 s) into a var dir of the run's own, never ./var/static that
+    `make run` serves. Child processes get it as AIPB_VAR_DIR (STATIC_ROOT is its `static`)."""
+    root = tmp_path_factory.mktemp("var") / "static"
+    with override_settings(STATIC_ROOT=root):
+        call_command("collectstatic", interactive=False, verbosity=0)
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def _pipeline_settings(settings):
     """Fast, deterministic pipeline settings; each test may override."""

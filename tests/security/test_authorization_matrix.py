@@ -46,6 +46,7 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "api/version"): OPEN,
     ("GET", "api/schema/"): OPEN,
     ("GET", "api/docs/"): OPEN,
+    ("GET", "api/redoc/"): OPEN,
     ("GET", "api/ai/jobs"): _users_only(200),
     ("POST", "api/ai/jobs"): _users_only(201),
     ("GET", "api/ai/jobs/<uuid:job_id>"): _owner_only(200),

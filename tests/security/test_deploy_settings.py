@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -42,6 +43,8 @@ def production_env(**overrides: str) -> dict[str, str]:
         "DJANGO_HSTS_SECONDS": "31536000",
         "DJANGO_HSTS_INCLUDE_SUBDOMAINS": "1",
         "DJANGO_HSTS_PRELOAD": "1",
+        # a deployment runs collectstatic before starting: the run's collected files (tests/conftest.py)
+        "AIPB_VAR_DIR": str(Path(django_settings.STATIC_ROOT).parent),
         "PYTHONUNBUFFERED": "1",
     }
     env.update(overrides)
