@@ -256,6 +256,8 @@ AI_BACKOFF_BASE_SECONDS = env_float("AI_BACKOFF_BASE_SECONDS", 2.0, minimum=0)
 AI_BACKOFF_MAX_SECONDS = env_float("AI_BACKOFF_MAX_SECONDS", 300.0, minimum=0)
 AI_RETRY_AFTER_MAX_SECONDS = env_float("AI_RETRY_AFTER_MAX_SECONDS", 600.0, minimum=0)
 AI_ENABLE_SIMULATED_PROVIDER = env_bool("AI_ENABLE_SIMULATED_PROVIDER", False)
+# Let `usage prices sync` fetch the newest genai-prices data first (needs internet; off: the pinned package's).
+AI_PRICES_AUTO_UPDATE = env_bool("AI_PRICES_AUTO_UPDATE", False)
 AI_MAX_PROMPT_CHARS = 20_000
 AI_MAX_OPTIONS_BYTES = 16_384
 # A running attempt whose worker has not finished it within this many seconds is presumed lost.

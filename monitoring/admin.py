@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from aipb.exceptions import ServiceError
 from dlq.selectors import dlq_stats
 from jobs import queue_control
+from usage.pricing import price_data_info
 from usage.reports import month_to_date_summary
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def operations_view(request):
     queue, queue_error = _section("queue status (Redis)", queue_control.queue_status)
     dlq, dlq_error = _section("dead-letter stats", dlq_stats)
     spend, spend_error = _section("usage", month_to_date_summary)
+    price_data, price_data_error = _section("price data", price_data_info)
     context = {
         **admin.site.each_context(request),
         "title": "Operations",
@@ -75,6 +77,8 @@ def operations_view(request):
         "dlq_error": dlq_error,
         "spend": spend,
         "spend_error": spend_error,
+        "price_data": price_data,
+        "price_data_error": price_data_error,
         "links": {
             "jobs": _url("admin:jobs_aijob_changelist"),
             "jobs_running": _url("admin:jobs_aijob_changelist", "?status__exact=running"),

@@ -18,6 +18,7 @@ from decimal import Decimal
 
 from prometheus_client import Counter, Histogram
 
+from jobs.catalogue import PROVIDER_IDS
 from monitoring import validation_window
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300)
@@ -81,3 +82,16 @@ def usage_recorded(
 
 def rate_limited(*, provider: str) -> None:
     RATE_LIMIT_WAITS.labels(provider).inc()
+
+
+# Calls whose usage was recorded with no price in force (cost NULL): spend the reports cannot show.
+UNPRICED_CALLS = Counter(
+    "ai_llm_unpriced_calls", "Provider calls recorded without a price (their cost is unknown)", ["provider"]
+)
+for _provider in PROVIDER_IDS:
+    # At 0 from the start, so the first unpriced call is an increase an alert can see.
+    UNPRICED_CALLS.labels(_provider)
+
+
+def llm_unpriced_call(*, provider: str) -> None:
+    UNPRICED_CALLS.labels(provider).inc()

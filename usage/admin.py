@@ -15,7 +15,7 @@ from django.utils import timezone
 from aipb.exceptions import ServiceError
 from jobs import catalogue
 from usage import reports, services
-from usage.models import ModelPrice, TokenUsage
+from usage.models import ModelPrice, PriceSource, TokenUsage
 
 # --- TokenUsage ---
 
@@ -254,32 +254,49 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "output_per_million",
         "cached_input_per_million",
         "cache_write_per_million",
+        "tiered",
         "effective_from",
+        "source",
         "status",
     )
-    list_filter = ("provider",)
+    list_filter = ("provider", "source")
     search_fields = ("model",)
     ordering = ("provider", "model", "-effective_from")
     list_per_page = 200
 
     def get_queryset(self, request):
         now = timezone.now()
-        newer = ModelPrice.objects.filter(
-            provider=OuterRef("provider"),
-            model=OuterRef("model"),
-            effective_from__gt=OuterRef("effective_from"),
-            effective_from__lte=now,
+        same_model = ModelPrice.objects.filter(
+            provider=OuterRef("provider"), model=OuterRef("model"), effective_from__lte=now
         )
-        return super().get_queryset(request).annotate(superseded=Exists(newer))
+        newer = same_model.filter(effective_from__gt=OuterRef("effective_from"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                superseded=Exists(newer),
+                superseded_by_operator=Exists(newer.filter(source=PriceSource.OPERATOR)),
+                operator_priced=Exists(same_model.filter(source=PriceSource.OPERATOR)),
+            )
+        )
 
     @admin.display(description="status")
     def status(self, obj: ModelPrice) -> str:
+        """As usage.pricing.price_in_force decides: an operator's price wins over the price data's."""
         if obj.effective_from > timezone.now():
             return "scheduled"
+        if obj.source == PriceSource.OPERATOR:
+            return "superseded" if getattr(obj, "superseded_by_operator", False) else "in force"
+        if getattr(obj, "operator_priced", False):
+            return "overridden by an operator's price"
         return "superseded" if getattr(obj, "superseded", False) else "in force"
 
+    @admin.display(description="tiered", boolean=True)
+    def tiered(self, obj: ModelPrice) -> bool:
+        return bool(obj.tiers)
+
     def get_readonly_fields(self, request, obj=None):
-        return ("provider", "model", "created_at") if obj else ()
+        return ("provider", "model", "tiers", "source", "data_version", "created_at") if obj else ()
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # price history is what recorded costs were computed with

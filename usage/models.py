@@ -6,8 +6,18 @@ from django.conf import settings
 from django.db import models
 
 
+class PriceSource(models.TextChoices):
+    OPERATOR = "operator"  # the admin, `usage prices set`, `usage prices load`: always wins over the data
+    PRICE_DATA = "price-data"  # `usage prices sync` from the genai-prices data
+    SEED = "seed"  # migration 0003's hand-written table, superseded by the price data where they differ
+
+
 class ModelPrice(models.Model):
-    """USD per million tokens. A price change is a new row; history is never repriced."""
+    """USD per million tokens. A price change is a new row; history is never repriced.
+
+    ``tiers`` holds the call-dependent rates: ``{field: [[start, "rate"], ...]}``, ascending by start.
+    A call whose prompt has more than ``start`` tokens pays that field's ``rate`` for all its tokens of
+    that kind (the providers' "cliff" tiers by prompt size, as the price data models them)."""
 
     provider = models.CharField(max_length=20)
     model = models.CharField(max_length=200)
@@ -15,7 +25,10 @@ class ModelPrice(models.Model):
     output_per_million = models.DecimalField(max_digits=12, decimal_places=6)
     cached_input_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     cache_write_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    tiers = models.JSONField(default=dict, blank=True)
     effective_from = models.DateTimeField()
+    source = models.CharField(max_length=20, choices=PriceSource.choices, default=PriceSource.OPERATOR)
+    data_version = models.CharField(max_length=64, blank=True, default="")  # the price data a synced row came from
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,7 +1,9 @@
 """Writes for usage: one TokenUsage row per provider call that returned usage, and model prices.
 
 A price change is always a new ModelPrice row with its own ``effective_from``; rows are never
-updated or deleted, so every recorded cost can be traced to the price it was computed with.
+updated or deleted, so every recorded cost can be traced to the price it was computed with. Operators
+set prices (``price_set``, ``prices_load``, the admin); ``prices_sync`` adds the genai-prices data's,
+never for a model an operator has priced.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -19,13 +21,22 @@ from jobs import catalogue
 from jobs.catalogue import canonical_model
 from jobs.models import AIJob
 from jobs.providers.base import Usage
-from usage.models import ModelPrice, TokenUsage
-from usage.pricing import cost_of, price_in_force
+from usage.models import ModelPrice, PriceSource, TokenUsage
+from usage.pricing import (
+    PRICE_FIELDS,
+    PRICE_MAX,
+    PRICE_QUANTUM,
+    PriceAdded,
+    Unrepresentable,
+    cost_of,
+    price_data_changes,
+    price_data_timeline,
+    price_in_force,
+)
 
-# ModelPrice columns are DECIMAL(12, 6): six digits either side of the point.
-PRICE_MAX = Decimal("999999.999999")
-PRICE_PLACES = 6
-PRICE_FIELDS = ("input_per_million", "output_per_million", "cached_input_per_million", "cache_write_per_million")
+PRICE_PLACES = -PRICE_QUANTUM.as_tuple().exponent
+# One sync at a time (two hosts starting `make run` at once): a transaction-scoped advisory lock.
+SYNC_LOCK = 0x61697062_70726963  # "aipbpric"
 LOAD_FIELDS = ("provider", "model", *PRICE_FIELDS, "effective_from")
 LOAD_MAX_ENTRIES = 10_000
 
@@ -266,6 +277,10 @@ def prices_load(*, data: object) -> PricesLoaded:
             )
         except InvalidInput as exc:
             raise InvalidInput(f"{where}: {exc.message}") from None
+        if entry["model"] != price.model and _same_row_exists(price, model=entry["model"]):
+            # a row kept under a name that is an alias now (claude-3-opus before claude-3-opus-latest)
+            unchanged += 1
+            continue
         key = (price.provider, price.model, price.effective_from)
         if key in seen:
             raise InvalidInput(f"{where}: {price.provider}/{price.model} from {price.effective_from.isoformat()} twice")
@@ -287,3 +302,97 @@ def prices_load(*, data: object) -> PricesLoaded:
             raise InvalidInput(f"{where}: {exc.message}") from None
         pending.append(price)
     return PricesLoaded(created=[_create(price) for price in pending], unchanged=unchanged)
+
+
+def _same_row_exists(price: PriceInput, *, model: str) -> bool:
+    row = ModelPrice.objects.filter(provider=price.provider, model=model, effective_from=price.effective_from).first()
+    return row is not None and price.same_prices_as(row)
+
+
+# --- the price data ---
+
+
+@dataclass(frozen=True)
+class PricesSynced:
+    version: str
+    added: list[PriceAdded]
+    operator_priced: list[tuple[str, str]]  # left alone: an operator's price wins
+    unpriced: list[tuple[str, str, str]]  # provider, model, why the data gives it no price here
+    unchanged: int
+    dry_run: bool
+
+
+@transaction.atomic
+def prices_sync(
+    *,
+    dry_run: bool = False,
+    fetch: bool = True,
+    now: datetime | None = None,
+    price_model: type[ModelPrice] = ModelPrice,
+    usage_model: type[TokenUsage] = TokenUsage,
+) -> PricesSynced:
+    """Add the price data's prices for the catalogue's models as rows from each price's start, where they
+    differ from the price in force (a second run adds nothing; see pricing.price_data_changes). Models an
+    operator priced are left alone. ``fetch``: first fetch fresher data if AI_PRICES_AUTO_UPDATE is on
+    (InvalidInput when that fails); the data migration passes no fetch and its historical models."""
+    if fetch:
+        try:
+            catalogue.price_data_refresh()
+        except catalogue.CatalogueError as exc:
+            raise InvalidInput(str(exc)) from None
+    now = now or timezone.now()
+    version = catalogue.price_data_version()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK])
+    pairs = catalogue.price_data_models()
+    rows: dict[tuple[str, str], list] = {}
+    providers = {info.provider for info, _ in pairs}
+    for row in price_model.objects.filter(provider__in=providers).order_by("effective_from"):
+        rows.setdefault((row.provider, row.model), []).append(row)
+    added: list[PriceAdded] = []
+    operator_priced, unpriced, unchanged = [], [], 0
+    for info, data_model in pairs:
+        history = rows.get((info.provider, info.name), [])
+        if any(row.source == PriceSource.OPERATOR for row in history):
+            operator_priced.append((info.provider, info.name))
+            continue
+        try:
+            timeline = price_data_timeline(data_model)
+        except Unrepresentable as exc:
+            unpriced.append((info.provider, info.name, str(exc)))
+            continue
+        if not timeline:
+            unpriced.append((info.provider, info.name, "the price data has no price for it"))
+            continue
+        last_call = (
+            usage_model.objects.filter(provider=info.provider, model=info.name)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+        new = price_data_changes(info.provider, info.name, timeline, history, last_call, now)
+        added.extend(new)
+        unchanged += not new
+    if not dry_run:
+        price_model.objects.bulk_create(
+            [
+                price_model(
+                    provider=change.provider,
+                    model=change.model,
+                    effective_from=change.effective_from,
+                    source=PriceSource.PRICE_DATA,
+                    data_version=version,
+                    **{name: getattr(change.terms, name) for name in PRICE_FIELDS},
+                    tiers=change.terms.tiers,
+                )
+                for change in added
+            ]
+        )
+    return PricesSynced(
+        version=version,
+        added=added,
+        operator_priced=operator_priced,
+        unpriced=unpriced,
+        unchanged=unchanged,
+        dry_run=dry_run,
+    )

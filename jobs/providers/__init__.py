@@ -1,26 +1,27 @@
-"""Provider registry: provider id -> instance, built once per process on first use."""
+"""Provider instances: provider id -> instance, built once per process on first use.
+
+Which providers exist, and the module implementing each, is declared in ``jobs.providers.registry``.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
 
+from jobs.providers import registry
 from jobs.providers.base import Provider
 
-_MODULES = {
-    "local": ("jobs.providers.local", "LocalProvider"),
-    "simulated": ("jobs.providers.simulated", "SimulatedProvider"),
-    "openai": ("jobs.providers.openai", "OpenAIProvider"),
-    "anthropic": ("jobs.providers.anthropic", "AnthropicProvider"),
-    "google": ("jobs.providers.gemini", "GeminiProvider"),
-}
-
 _instances: dict[str, Provider] = {}
+
+
+def _module_and_class(provider_id: str) -> tuple[str, str]:
+    module_name, _, class_name = registry.spec(provider_id).implementation.partition(":")
+    return module_name, class_name
 
 
 def get_provider(provider_id: str) -> Provider:
     instance = _instances.get(provider_id)
     if instance is None:
-        module_name, class_name = _MODULES[provider_id]
+        module_name, class_name = _module_and_class(provider_id)
         instance = getattr(import_module(module_name), class_name)()
         _instances[provider_id] = instance
     return instance
@@ -32,11 +33,9 @@ def preload() -> None:
     The forking worker calls this before its first fork, so each work-horse inherits the modules
     instead of importing them for every job it runs (found by the provider-outage drill, where
     every OpenAI job spent longer importing the SDK than calling the API)."""
-    from jobs.catalogue import provider_configured
-
-    for provider_id, (module_name, _) in _MODULES.items():
-        if provider_configured(provider_id):
-            import_module(module_name)
+    for provider_id in registry.PROVIDER_IDS:
+        if registry.configured(provider_id):
+            import_module(_module_and_class(provider_id)[0])
 
 
 def reset_providers() -> None:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from jobs import catalogue
 from jobs.providers.base import CallContext, Provider, ProviderError, Usage
 
 # Error messages are stored on attempts, shown in the admin and the API, and logged.
@@ -101,16 +100,6 @@ def as_int(value: object) -> int:
     if isinstance(value, float) and value.is_integer():
         return max(0, int(value))
     return 0
-
-
-def api_model_id(provider: str, model: str) -> str:
-    """The id the provider's API knows a model by: jobs keep the name they were submitted with
-    (``claude-3-haiku``); the API wants ``claude-3-haiku-20240307``. Unknown names go as they are
-    and the provider answers for them (404: MODEL_ERROR)."""
-    try:
-        return catalogue.lookup(provider, model).api_id
-    except catalogue.CatalogueError:
-        return model
 
 
 def call_timeout(ctx: CallContext, default: float) -> float:

@@ -24,7 +24,6 @@ from django.conf import settings
 
 from jobs.providers._common import (
     SDKProvider,
-    api_model_id,
     as_int,
     call_timeout,
     clip,
@@ -34,6 +33,7 @@ from jobs.providers._common import (
 )
 from jobs.providers.base import CallContext, ProviderError, ProviderResponse, Usage
 from jobs.providers.prompting import SYSTEM_PROMPT, user_message
+from jobs.providers.registry import api_model_id
 from jobs.schema import model_schema
 
 TOOL_NAME = "emit_page"

@@ -28,7 +28,6 @@ from google.genai import types
 
 from jobs.providers._common import (
     SDKProvider,
-    api_model_id,
     as_int,
     call_timeout,
     option_float,
@@ -39,6 +38,7 @@ from jobs.providers._common import (
 )
 from jobs.providers.base import CallContext, ProviderError, ProviderResponse, Usage
 from jobs.providers.prompting import SYSTEM_PROMPT, user_message
+from jobs.providers.registry import api_model_id
 from jobs.schema import PAGE_SCHEMA
 
 try:

@@ -39,7 +39,6 @@ def estimate_tokens(text: str) -> int:
 
 class LocalProvider(Provider):
     id = "local"
-    models = (MODEL,)
 
     def generate(self, *, prompt: str, model: str, ctx: CallContext) -> ProviderResponse:
         if model != MODEL:

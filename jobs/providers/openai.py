@@ -20,7 +20,6 @@ from openai.types.chat import ChatCompletion
 
 from jobs.providers._common import (
     SDKProvider,
-    api_model_id,
     as_int,
     call_timeout,
     clip,
@@ -31,6 +30,7 @@ from jobs.providers._common import (
 )
 from jobs.providers.base import CallContext, ProviderError, ProviderResponse, Usage
 from jobs.providers.prompting import SYSTEM_PROMPT, user_message
+from jobs.providers.registry import api_model_id
 from jobs.schema import model_schema
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -33,6 +33,7 @@ EXPORTED_METRICS = (
     "ai_queue_size",
     "ai_llm_tokens_total",
     "ai_llm_cost_usd_total",
+    "ai_llm_unpriced_calls_total",
     "ai_jobs_errors_total",
     "ai_jobs_attempts_total",
     "ai_dlq_entries",

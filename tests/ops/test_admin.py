@@ -9,9 +9,11 @@ from django.test import Client
 from rq.suspension import is_suspended
 
 from dlq.models import DeadLetter
-from jobs import submission, transitions
+from jobs import transitions
 from jobs.models import AIJob, JobStatus
-from tests.ops.conftest import sim, submit
+from tests.factories import submit_job
+from tests.ops.conftest import sim
+from usage.pricing import price_data_info
 from usage.reports import month_to_date_summary
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,3 +218,10 @@ def test_operations_page_refuses_non_staff(user_client):
     for client in (user_client, Client()):
         response = client.get(OPERATIONS)
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+def test_the_operations_page_names_the_price_data(staff_client):
+    info = price_data_info()
+    page = staff_client.get("/admin/operations/").content.decode()
+    assert 'id="price-data"' in page
+    assert f"{info['package']} {info['version']}" in page

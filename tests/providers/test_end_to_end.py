@@ -6,13 +6,17 @@ worker's work-horse (a fork) reaches it over loopback like any other HTTP API.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
+from genai_prices import Usage as PriceDataUsage
+from genai_prices import calc_price
 
 from dlq.models import DeadLetter
 from jobs import submission
 from jobs.models import AIJob, JobAttempt, JobStatus
 from tests.fakes import SAMPLE_PAGE
+from usage import services
 from usage.models import TokenUsage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,6 +50,30 @@ def test_openai_job_succeeds_with_usage_and_request_id(user, run_worker, openai_
     assert (attempt.prompt_tokens, attempt.completion_tokens, attempt.cached_tokens) == (1200, 350, 1024)
     assert usage_rows(job) == [(1, 1200, 350, 1024)]
     assert openai_server.last.body["model"] == "gpt-4o-mini"
+
+
+def test_a_gpt_5_mini_job_is_billed_what_the_price_data_charges(user, run_worker, openai_server):
+    services.prices_sync(fetch=False)  # what `make run` does on start (this test's database starts empty)
+    # a reasoning model: 2,000 of its 2,350 output tokens were thinking, billed as output
+    openai_server.enqueue(
+        {"name": "ok", "usage": {"completion_tokens": 2350, "total_tokens": 3550,
+                                 "completion_tokens_details": {"reasoning_tokens": 2000, "audio_tokens": 0}}}
+    )  # fmt: skip
+    job = submit(user, "openai", "gpt-5-mini", "A landing page for a bakery")
+
+    run_worker()
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, (job.error_type, job.error_message)
+    assert openai_server.last.body["model"] == "gpt-5-mini"
+    [row] = TokenUsage.objects.filter(job=job)
+    assert (row.model, row.prompt_tokens, row.cached_tokens, row.completion_tokens) == ("gpt-5-mini", 1200, 1024, 2350)
+    charged = calc_price(
+        PriceDataUsage(input_tokens=1200, cache_read_tokens=1024, output_tokens=2350, output_reasoning_tokens=2000),
+        model_ref="gpt-5-mini", provider_id="openai", genai_request_timestamp=row.created_at,
+    ).total_price  # fmt: skip
+    # 176 x 0.25 + 1,024 x 0.025 + 2,350 x 2 USD per million
+    assert row.cost == charged.quantize(Decimal("0.000000001")) == Decimal("0.004769600")
 
 
 def test_openai_rate_limit_then_success_honours_retry_after(user, run_worker, openai_server, settings):

@@ -121,10 +121,11 @@ def test_request_carries_model_key_and_response_schema(gemini_server):
     assert "tools" not in sent.body
 
 
-def test_an_alias_is_sent_as_the_api_model_id(gemini_server):
+def test_a_versioned_id_is_sent_as_submitted(gemini_server):
+    # It shares gemini-2.0-flash's price, but the caller pinned that version: the API gets it, not the alias.
     generate("google", "gemini-2.0-flash-001")
 
-    assert gemini_server.last.path == "/v1beta/models/gemini-2.0-flash:generateContent"
+    assert gemini_server.last.path == "/v1beta/models/gemini-2.0-flash-001:generateContent"
 
 
 def test_options_reach_the_request(gemini_server):

@@ -18,6 +18,7 @@ from usage.models import ModelPrice, TokenUsage
 from usage.services import usage_record
 
 seed_migration = importlib.import_module("usage.migrations.0003_seed_prices")
+price_data_migration = importlib.import_module("usage.migrations.0006_seed_price_data")
 
 
 @pytest.fixture(autouse=True)
@@ -28,10 +29,11 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture
 def prices(db) -> None:
-    """The prices the data migration seeds. A transactional test before this one may have flushed them
-    (pytest-django truncates every table after such a test), so they are put back with the migration's
-    own function."""
+    """The prices the data migrations seed: 0003's table, then the genai-prices data. A transactional
+    test before this one may have flushed them (pytest-django truncates every table after such a test),
+    so they are put back with the migrations' own functions."""
     seed_migration.seed_prices(ModelPrice)
+    price_data_migration.seed_price_data(ModelPrice, TokenUsage)
 
 
 def utc(*args: int) -> datetime:

@@ -11,11 +11,13 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from aipb.exceptions import InvalidInput
+from jobs import catalogue
 from usage import services
-from usage.models import ModelPrice, TokenUsage
+from usage.models import ModelPrice, PriceSource, TokenUsage
+from usage.pricing import price_in_force
 from usage.reports import report_filters, usage_report
 
-from .conftest import record, seed_migration, utc
+from .conftest import price_data_migration, record, seed_migration, utc
 
 D = Decimal
 
@@ -44,28 +46,53 @@ def _opt(value):
     return None if value is None else D(value)
 
 
-def test_the_migration_seeds_the_issues_prices_and_leaves_gemini_ultra_unpriced(prices):
+def test_the_migrations_seed_the_issues_table_then_the_price_data(prices):
     seeded = {
         (p.provider, p.model): (p.input_per_million, p.output_per_million, p.cached_input_per_million,
                                 p.cache_write_per_million)
-        for p in ModelPrice.objects.all()
+        for p in ModelPrice.objects.filter(source=PriceSource.SEED)
     }  # fmt: skip
     for key, (inp, out, cached, write) in ISSUE_PRICES.items():
         assert seeded.pop(key) == (D(inp), D(out), _opt(cached), _opt(write)), key
     assert seeded == {("local", "local-page"): (D(0), D(0), None, None)}, "only the free local provider besides"
-    assert not ModelPrice.objects.filter(model="gemini-ultra").exists()
-    assert set(ModelPrice.objects.values_list("effective_from", flat=True)) == {utc(2024, 1, 1)}
+    assert not ModelPrice.objects.filter(source=PriceSource.OPERATOR).exists()
+    # every model the price data prices is priced now; the Gemma models it lists without a price are not
+    now = timezone.now()
+    unpriced = [
+        (m.provider, m.name) for m, _ in catalogue.price_data_models()
+        if price_in_force(provider=m.provider, model=m.name, at=now) is None
+    ]  # fmt: skip
+    assert unpriced == [("google", m) for m in ("gemma-3", "gemma-3n", "gemma-4-26b-a4b-it", "gemma-4-31b-it")]
+    # where the issue's table and the data differ, the data's price takes effect at the sync, after the seed
+    old = price_in_force(provider="google", model="gemini-1.5-pro", at=utc(2025, 5, 1))
+    new = price_in_force(provider="google", model="gemini-1.5-pro", at=now)
+    assert (old.source, old.input_per_million) == (PriceSource.SEED, D("3.5"))
+    assert (new.source, new.input_per_million, new.tiers["input_per_million"]) == (
+        PriceSource.PRICE_DATA,
+        D("1.25"),
+        [[128_000, "2.5"]],
+    )
+    # where they agree, nothing was added
+    assert ModelPrice.objects.filter(provider="openai", model="gpt-4o-mini").count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_data_migration_runs_forwards_and_backwards():
-    seed_migration.seed_prices(ModelPrice)  # a flush by an earlier transactional test removes them
+def test_the_data_migrations_run_forwards_and_backwards():
     executor = MigrationExecutor(connection)
+    latest = [key for key in executor.loader.graph.leaf_nodes() if key[0] == "usage"]
     executor.migrate([("usage", "0002_modelprice_non_negative")])
     assert ModelPrice.objects.count() == 0
-    executor = MigrationExecutor(connection)
-    executor.migrate([("usage", "0003_seed_prices")])
+    MigrationExecutor(connection).migrate([("usage", "0005_modelprice_source_tiers")])
     assert ModelPrice.objects.count() == len(ISSUE_PRICES) + 1
+    MigrationExecutor(connection).migrate([("usage", "0006_seed_price_data")])
+    assert ModelPrice.objects.filter(source=PriceSource.SEED).count() == len(ISSUE_PRICES) + 1
+    synced = ModelPrice.objects.filter(source=PriceSource.PRICE_DATA).count()
+    assert synced > 100
+    again = price_data_migration.seed_price_data(ModelPrice, TokenUsage)
+    assert (again.added, ModelPrice.objects.filter(source=PriceSource.PRICE_DATA).count()) == ([], synced)
+    MigrationExecutor(connection).migrate([("usage", "0005_modelprice_source_tiers")])
+    assert ModelPrice.objects.count() == len(ISSUE_PRICES) + 1
+    MigrationExecutor(connection).migrate(latest)
     assert seed_migration.seed_prices(ModelPrice) == 0, "seeding again inserts nothing"
 
 
@@ -102,10 +129,10 @@ def test_sub_cent_costs_are_kept_exactly(prices, user):
 
 def test_unpriced_models_get_a_null_cost_never_zero(prices, user, settings):
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # an OpenAI-compatible server: any model name
-    ultra = record(user, provider="google", model="gemini-ultra", prompt=1000, completion=10, at=utc(2025, 5, 1))
+    gemma = record(user, provider="google", model="gemma-4-31b-it", prompt=1000, completion=10, at=utc(2025, 5, 1))
     custom = record(user, provider="openai", model="llama3.1:8b", prompt=1000, completion=10, at=utc(2025, 5, 1))
     before_any_price = record(user, model="sim-small", prompt=1000, completion=10, at=utc(2023, 12, 31, 23, 59))
-    assert ultra.cost is None and custom.cost is None and before_any_price.cost is None
+    assert gemma.cost is None and custom.cost is None and before_any_price.cost is None
 
 
 def test_a_price_change_mid_range_keeps_old_rows_at_the_old_price(prices, user):
@@ -182,7 +209,7 @@ def test_a_price_after_the_last_recorded_call_is_accepted(prices, user):
 def test_prices_load_is_all_or_nothing_and_idempotent(prices):
     future = (timezone.now() + timedelta(days=30)).date().isoformat()
     good = [
-        {"provider": "google", "model": "gemini-ultra", "input_per_million": "12.5", "output_per_million": D("37.5")},
+        {"provider": "google", "model": "gemma-4-31b-it", "input_per_million": "12.5", "output_per_million": D("37.5")},
         {"provider": "simulated", "model": "sim-large", "input_per_million": 11, "output_per_million": "22",
          "effective_from": future},
     ]  # fmt: skip
@@ -194,10 +221,10 @@ def test_prices_load_is_all_or_nothing_and_idempotent(prices):
 
     first = services.prices_load(data={"prices": good})
     assert len(first.created) == 2 and first.unchanged == 0
-    ultra = ModelPrice.objects.get(model="gemini-ultra")
-    assert (ultra.input_per_million, ultra.output_per_million) == (D("12.5"), D("37.5"))
+    gemma = ModelPrice.objects.get(model="gemma-4-31b-it")
+    assert (gemma.input_per_million, gemma.output_per_million) == (D("12.5"), D("37.5"))
     # the same file again: the dated entry is already there, the undated one is a new price from now
-    good[0]["effective_from"] = ultra.effective_from.isoformat()
+    good[0]["effective_from"] = gemma.effective_from.isoformat()
     again = services.prices_load(data=good)
     assert (len(again.created), again.unchanged) == (0, 2)
 

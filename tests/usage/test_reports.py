@@ -44,7 +44,7 @@ def month(user, other_user, staff_user, settings):
         record(other_user, provider="anthropic", model="claude-3-haiku", prompt=1_200_000, cached=1_000_000,
                cache_write=100_000, completion=40_000, at=utc(2025, 2, 14, 23, 59, 59)),
         # unpriced: no public price, and a model nobody ever priced
-        record(other_user, provider="google", model="gemini-ultra", prompt=5_000, completion=1_000,
+        record(other_user, provider="google", model="gemma-4-31b-it", prompt=5_000, completion=1_000,
                at=utc(2025, 2, 28, 23, 59, 59)),
         record(staff_user, provider="openai", model="llama3.1:8b", prompt=7, completion=3, at=utc(2025, 2, 20)),
         # sim-large 10/20: 300k out = 6
@@ -71,7 +71,7 @@ def test_exact_totals_to_the_cent_with_cached_tokens_and_unpriced_calls(month):
     assert body["by_provider"]["openai"]["estimated_cost"] == "2.000000"
     assert body["by_provider"]["openai"]["unpriced_requests"] == 1
     assert body["by_model"]["claude-3-haiku"]["estimated_cost"] == "0.135000"
-    assert body["by_model"]["gemini-ultra"] == {
+    assert body["by_model"]["gemma-4-31b-it"] == {
         "requests": 1, "prompt_tokens": 5_000, "completion_tokens": 1_000, "cached_tokens": 0,
         "total_tokens": 6_000, "estimated_cost": "0.000000", "unpriced_requests": 1,
     }  # fmt: skip

@@ -34,7 +34,7 @@ def admin_client(db) -> Client:
 
 @pytest.fixture
 def row(user) -> TokenUsage:
-    record(user, provider="google", model="gemini-ultra", prompt=5, at=utc(2025, 2, 3))
+    record(user, provider="google", model="gemma-4-31b-it", prompt=5, at=utc(2025, 2, 3))
     return record(user, prompt=1_000_000, completion=10, at=utc(2025, 2, 3, 10))
 
 
@@ -47,7 +47,7 @@ def test_usage_changelist_with_filters_and_date_hierarchy(admin_client, row):
     assert 'href="/admin/usage/tokenusage/spend/"' in html
     assert admin_client.get(USAGE, {"provider": "simulated", "priced": "yes"}).context["cl"].result_count == 1
     assert admin_client.get(USAGE, {"priced": "no"}).context["cl"].result_count == 1
-    assert admin_client.get(USAGE, {"model": "gemini-ultra"}).context["cl"].result_count == 1
+    assert admin_client.get(USAGE, {"model": "gemma-4-31b-it"}).context["cl"].result_count == 1
     drill = admin_client.get(USAGE, {"created_at__year": 2025, "created_at__month": 2, "created_at__day": 3})
     assert drill.status_code == 200 and drill.context["cl"].result_count == 2
     assert admin_client.get(USAGE, {"q": "alice"}).context["cl"].result_count == 2
@@ -153,18 +153,18 @@ def test_adding_a_price_for_an_unpriced_model_and_no_deleting(admin_client, user
     # a busy model: usage recorded after the form was opened does not block a price effective "now"
     page = admin_client.get(f"{PRICES}add/")
     assert page.status_code == 200
-    record(user, provider="google", model="gemini-ultra", prompt=1, at=timezone.now())
+    record(user, provider="google", model="gemma-3", prompt=1, at=timezone.now())
     before = timezone.now()
     response = admin_client.post(
         f"{PRICES}add/",
         {
-            "provider": "google", "model": "gemini-1.0-ultra", "input_per_million": "10",
+            "provider": "google", "model": "gemma-3-27b-it", "input_per_million": "10",
             "output_per_million": "30", "cached_input_per_million": "", "cache_write_per_million": "",
             "effective_from_0": "", "effective_from_1": "",
         },
     )  # fmt: skip
     assert response.status_code == 302
-    ultra = ModelPrice.objects.get(provider="google", model="gemini-ultra")  # the alias was canonicalized
-    assert before <= ultra.effective_from <= timezone.now()
-    assert admin_client.post(f"{PRICES}{ultra.pk}/delete/", {"post": "yes"}).status_code == 403
-    assert ModelPrice.objects.filter(pk=ultra.pk).exists()
+    gemma = ModelPrice.objects.get(provider="google", model="gemma-3")  # the alias was canonicalized
+    assert before <= gemma.effective_from <= timezone.now()
+    assert admin_client.post(f"{PRICES}{gemma.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert ModelPrice.objects.filter(pk=gemma.pk).exists()

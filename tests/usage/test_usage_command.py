@@ -1,4 +1,5 @@
-"""manage.py usage: report (table, --json, --csv) and prices (list, set, load), bad input a one-line CommandError."""
+"""manage.py usage: report (table, --json, --csv) and prices (list, set, load, sync); bad input a one-line
+CommandError."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from usage import selectors
 from usage.models import ModelPrice
 from usage.reports import report_filters, usage_report
 
@@ -29,7 +31,7 @@ def run(*args: str) -> str:
 @pytest.fixture
 def usage_rows(user, other_user):
     record(user, provider="openai", model="gpt-4o", prompt=1_000_000, cached=1_000_000, at=utc(2025, 2, 3))  # 1.25
-    record(other_user, provider="google", model="gemini-ultra", prompt=500, completion=50, at=utc(2025, 2, 4))
+    record(other_user, provider="google", model="gemma-4-31b-it", prompt=500, completion=50, at=utc(2025, 2, 4))
     record(other_user, model="sim-large", completion=50_000, at=utc(2025, 2, 28, 23, 59, 59))  # 1.00
 
 
@@ -39,7 +41,7 @@ def test_report_table_for_people(usage_rows):
     assert "requests 3" in out and "estimated cost $2.250000" in out
     assert "1 requests are unpriced (not included in the cost)" in out
     assert any(line.startswith("gpt-4o") and line.split()[-2:] == ["1.250000", "0"] for line in out.splitlines())
-    assert any(line.startswith("gemini-ultra") and line.split()[-2:] == ["0.000000", "1"] for line in out.splitlines())
+    assert any(line.startswith("gemma-4-31b-it") and line.split()[-2:] == ["0.000000", "1"] for line in out.split("\n"))
     assert any(line.startswith("bob") and line.split()[-1] == "1.000000" for line in out.splitlines())
 
 
@@ -99,12 +101,15 @@ def test_prices_list_table_and_json(db):
     out = run("prices", "list")
     line = next(line for line in out.splitlines() if line.split()[:2] == ["anthropic", "claude-3-opus"])
     assert line.split()[2:6] == ["15", "75", "1.5", "18.75"] and line.endswith("in force")
-    assert "unpriced (usage counted as unpriced, never as zero): google/gemini-ultra" in out
+    [unpriced] = [line for line in out.splitlines() if line.startswith("unpriced (")]
+    assert unpriced.startswith("unpriced (usage counted as unpriced, never as zero): ")
+    assert "google/gemma-4-31b-it" in unpriced
     listed = json.loads(run("prices", "list", "--json"))
     assert {"provider": "google", "model": "gemini-2.0-flash", "input_per_million": "0.100000",
             "output_per_million": "0.400000", "cached_input_per_million": "0.025000",
             "cache_write_per_million": None, "effective_from": "2024-01-01T00:00:00+00:00"} in listed  # fmt: skip
-    assert len(listed) == ModelPrice.objects.count()
+    # the rows in force and scheduled; superseded ones (the seed's gemini-1.5-pro, o3 before 2025-06-10) not
+    assert len(listed) == len(selectors.price_list()) < ModelPrice.objects.count()
 
 
 def test_prices_set_adds_a_row_and_keeps_history(db):
@@ -121,9 +126,10 @@ def test_prices_set_adds_a_row_and_keeps_history(db):
     assert [line.split()[-1] for line in listing.splitlines() if " sim-small " in line] == ["scheduled", "force"]
     history = run("prices", "list", "--history")
     assert history.count(" sim-small ") == 2
-    now_row = run("prices", "set", "google", "gemini-ultra", "--input", "7", "--output", "21")
-    assert "google/gemini-ultra input 7 output 21" in now_row
-    assert "unpriced (" not in run("prices", "list"), "gemini-ultra was the one unpriced model"
+    now_row = run("prices", "set", "google", "gemma-4-31b-it", "--input", "7", "--output", "21")
+    assert "google/gemma-4-31b-it input 7 output 21" in now_row
+    [unpriced] = [line for line in run("prices", "list").splitlines() if line.startswith("unpriced (")]
+    assert "google/gemma-4-31b-it" not in unpriced and "google/gemma-3," in unpriced
 
 
 @pytest.mark.parametrize(
@@ -152,7 +158,7 @@ def test_prices_load_file_then_again_is_a_no_op(db, tmp_path):
     path.write_text(
         json.dumps(
             [
-                {"provider": "google", "model": "gemini-ultra", "input_per_million": 10, "output_per_million": 30.5,
+                {"provider": "google", "model": "gemma-4-31b-it", "input_per_million": 10, "output_per_million": 30.5,
                  "effective_from": "2026-01-01"},
                 {"provider": "openai", "model": "gpt-4o-2024-11-20", "input_per_million": "2",
                  "output_per_million": "8", "effective_from": "2031-05-01T00:00:00Z"},
@@ -161,8 +167,8 @@ def test_prices_load_file_then_again_is_a_no_op(db, tmp_path):
     )  # fmt: skip
     out = run("prices", "load", str(path))
     assert out.splitlines()[0] == f"{path}: 2 prices added, 0 already present"
-    ultra = ModelPrice.objects.get(model="gemini-ultra")
-    assert ultra.output_per_million == Decimal("30.5") and ultra.effective_from == utc(2026, 1, 1)
+    gemma = ModelPrice.objects.get(model="gemma-4-31b-it")
+    assert gemma.output_per_million == Decimal("30.5") and gemma.effective_from == utc(2026, 1, 1)
     assert ModelPrice.objects.filter(model="gpt-4o").count() == 2
     assert run("prices", "load", str(path)).splitlines()[0] == f"{path}: 0 prices added, 2 already present"
 
@@ -201,3 +207,56 @@ def test_subcommand_required():
         run()
     with pytest.raises(CommandError):
         run("prices")
+
+
+def test_prices_sync_shows_the_data_version_and_what_it_adds(db):
+    ModelPrice.objects.filter(provider="openai", model__in=("gpt-5-mini", "gpt-5.4")).delete()
+    count = ModelPrice.objects.count()
+
+    dry = run("prices", "sync", "--dry-run")
+    assert dry.startswith("price data: genai-prices 0.2.3 (bundled, newest price change 20")
+    assert "would add 2 prices; " in dry
+    assert "  openai/gpt-5-mini from 2024-01-01T00:00:00+00:00: input 0.25, output 2, cached 0.025 (new)" in dry
+    assert "openai/gpt-5.4 from 2024-01-01T00:00:00+00:00: input 2.5 (272,000 tokens+: 5)" in dry
+    assert "unpriced: google/gemma-4-31b-it: the price data has no price for it" in dry
+    assert ModelPrice.objects.count() == count, "a dry run adds nothing"
+
+    body = json.loads(run("prices", "sync", "--json"))
+    assert body["dry_run"] is False and body["price_data"]["version"] == "0.2.3"
+    assert [(a["model"], a["effective_from"], a["previous"]) for a in body["added"]] == [
+        ("gpt-5-mini", "2024-01-01T00:00:00+00:00", None), ("gpt-5.4", "2024-01-01T00:00:00+00:00", None)
+    ]  # fmt: skip
+    assert body["added"][1]["tiers"]["input_per_million"] == [[272_000, "5"]]
+    assert {"provider": "google", "model": "gemma-3", "reason": "the price data has no price for it"} in body[
+        "unpriced"
+    ]
+    assert ModelPrice.objects.count() == count + 2
+
+    again = run("prices", "sync")
+    assert "added 0 prices; " in again and ModelPrice.objects.count() == count + 2
+    listing = run("prices", "list")
+    assert listing.startswith("price data: genai-prices 0.2.3 (bundled")
+    line = next(line for line in listing.splitlines() if line.split()[:2] == ["openai", "gpt-5.4"])
+    assert line.split()[2:5] == ["2.5+", "15+", "0.25+"], "+: tiered by prompt size"
+
+
+def test_prices_sync_reports_the_models_an_operator_priced(db):
+    run("prices", "set", "openai", "gpt-5-mini", "--input", "0.2", "--output", "1.6")
+    assert "kept (an operator's price wins): openai/gpt-5-mini" in run("prices", "sync")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extra"], "unrecognized arguments: extra"),
+        (["--dry-run=yes"], "ignored explicit argument 'yes'"),
+        (["--since", "2025-01-01"], "unrecognized arguments: --since 2025-01-01"),
+    ],
+)
+def test_prices_sync_bad_input_changes_nothing(db, args, message):
+    ModelPrice.objects.filter(provider="openai", model="gpt-5-mini").delete()  # something a sync would add
+    before = list(ModelPrice.objects.order_by("id").values())
+    with pytest.raises(CommandError, match=message) as excinfo:
+        run("prices", "sync", *args)
+    assert "\n" not in str(excinfo.value)
+    assert list(ModelPrice.objects.order_by("id").values()) == before

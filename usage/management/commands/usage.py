@@ -3,36 +3,29 @@
 manage.py usage prices list [--history] [--json]
 manage.py usage prices set PROVIDER MODEL --input X --output Y [--cached-input Z] [--cache-write W] [--effective-from D]
 manage.py usage prices load FILE.json
+manage.py usage prices sync [--dry-run] [--json]
 """
 
 from __future__ import annotations
 
 import json
-from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
+from aipb.commands import OperatorCommand, parse_day
 from aipb.exceptions import ServiceError
-from usage import reports, selectors, services
+from usage import pricing, reports, selectors, services
 
 MAX_PRICE_FILE_BYTES = 5 * 1024 * 1024
 
 
-def _date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise CommandError(f"not a date (YYYY-MM-DD): {value!r}") from None
-
-
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "Token usage and cost: reports and model prices (USD per million tokens)."
 
-    def add_arguments(self, parser):
-        nouns = parser.add_subparsers(dest="noun", required=True, metavar="{report,prices}")
+    def add_subcommands(self, nouns):
 
         report = nouns.add_parser("report", help="usage and cost for a UTC date range (inclusive)")
         report.add_argument("--start", metavar="YYYY-MM-DD", help="default: the 1st of the end date's month")
@@ -46,9 +39,7 @@ class Command(BaseCommand):
         output.add_argument("--csv", action="store_true", help="one line per date, provider, model and user")
         output.add_argument("--json", action="store_true", help="the API's report body")
 
-        prices = nouns.add_parser("prices", help="model prices").add_subparsers(
-            dest="action", required=True, metavar="{list,set,load}"
-        )
+        prices = self.subcommands(nouns.add_parser("prices", help="model prices"), dest="prices_action")
         listing = prices.add_parser("list", help="prices in force and scheduled; --history for every row")
         listing.add_argument("--history", action="store_true")
         listing.add_argument("--json", action="store_true", help="the shape `prices load` reads")
@@ -65,26 +56,21 @@ class Command(BaseCommand):
         loading = prices.add_parser("load", help="add the prices in a JSON file (all or nothing)")
         loading.add_argument("file", metavar="FILE.json")
 
-    def handle(self, *args, **options):
-        try:
-            if options["noun"] == "report":
-                self._report(options)
-            else:
-                getattr(self, f"_prices_{options['action']}")(options)
-        except ServiceError as exc:
-            raise CommandError(exc.message) from None
+        syncing = prices.add_parser("sync", help="add the genai-prices data's prices that changed (operators' win)")
+        syncing.add_argument("--dry-run", action="store_true", help="show what would be added; add nothing")
+        syncing.add_argument("--json", action="store_true")
 
     # --- report ---
 
-    def _report(self, options) -> None:
+    def _report(self, **options) -> None:
         if options["days"] is not None:
             if options["start"] or options["end"]:
                 raise CommandError("--days cannot be combined with --start/--end")
             start, end = reports.range_last_n_days(days=options["days"])
         else:
             start, end = reports.range_between(
-                start=_date(options["start"]) if options["start"] else None,
-                end=_date(options["end"]) if options["end"] else None,
+                start=parse_day(options["start"], option="--start") if options["start"] else None,
+                end=parse_day(options["end"], option="--end") if options["end"] else None,
             )
         if not 1 <= options["top"] <= reports.MAX_TOP:
             raise CommandError(f"--top must be from 1 to {reports.MAX_TOP}")
@@ -97,7 +83,7 @@ class Command(BaseCommand):
             return
         body = reports.usage_report(filters=filters, top=options["top"])
         if options["json"]:
-            self.stdout.write(json.dumps(body, indent=2))
+            self.print_json(body)
             return
         self._report_tables(body, options)
 
@@ -123,7 +109,7 @@ class Command(BaseCommand):
                 (u["user"], f"{u['requests']:,}", f"{u['total_tokens']:,}", u["estimated_cost"])
                 for u in body["top_users"]
             ]
-            self._table(("top user", "requests", "tokens", "cost USD"), rows)
+            self.print_table(("top user", "requests", "tokens", "cost USD"), rows, right=range(1, 4), rule=True)
 
     def _totals_table(self, title: str, groups: dict) -> None:
         if not groups:
@@ -142,55 +128,49 @@ class Command(BaseCommand):
             )
             for name, t in groups.items()
         ]
-        self._table((title, "requests", "prompt", "cached", "completion", "total", "cost USD", "unpriced"), rows)
-
-    def _table(self, header: tuple, rows: list[tuple], *, text_columns: tuple[int, ...] = (0,)) -> None:
-        """A plain-text table; text columns left-aligned, numbers right-aligned."""
-        widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-        for index, row in enumerate([header, *rows]):
-            cells = [
-                str(cell).ljust(width) if column in text_columns else str(cell).rjust(width)
-                for column, (cell, width) in enumerate(zip(row, widths, strict=True))
-            ]
-            self.stdout.write("  ".join(cells).rstrip())
-            if index == 0:
-                self.stdout.write("  ".join("-" * width for width in widths))
+        self.print_table(
+            (title, "requests", "prompt", "cached", "completion", "total", "cost USD", "unpriced"),
+            rows,
+            right=range(1, 8),
+            rule=True,
+        )
 
     # --- prices ---
 
-    def _prices_list(self, options) -> None:
+    def _prices_list(self, **options) -> None:
         now = timezone.now()
         prices = list(selectors.price_list(history=options["history"], at=now))
         if options["json"]:
-            self.stdout.write(json.dumps([selectors.price_as_dict(price) for price in prices], indent=2))
+            self.print_json([selectors.price_as_dict(price) for price in prices])
             return
         in_force = {price.id for price in selectors.price_list(at=now) if price.effective_from <= now}
         rows = [
             (
                 price.provider,
                 price.model,
-                _usd(price.input_per_million),
-                _usd(price.output_per_million),
-                _usd(price.cached_input_per_million),
-                _usd(price.cache_write_per_million),
+                *(_usd(getattr(price, name)) + ("+" if name in price.tiers else "") for name in pricing.PRICE_FIELDS),
                 price.effective_from.strftime("%Y-%m-%d %H:%M:%S"),
                 "in force" if price.id in in_force else ("scheduled" if price.effective_from > now else "superseded"),
             )
             for price in prices
         ]
-        self.stdout.write("USD per million tokens; '-' = the input price applies")
-        self._table(
+        self.stdout.write(_price_data_line(pricing.price_data_info()))
+        self.stdout.write("USD per million tokens; '-' = the input price applies; + = tiered by prompt size")
+        self.print_table(
             ("provider", "model", "input", "output", "cached in", "cache write", "effective from (UTC)", ""),
             rows,
-            text_columns=(0, 1, 6, 7),
+            right=(2, 3, 4, 5),
+            rule=True,
         )
         unpriced = selectors.unpriced_models(at=now)
         if unpriced:
             names = ", ".join(f"{provider}/{model}" for provider, model in unpriced)
             self.stdout.write(self.style.WARNING(f"unpriced (usage counted as unpriced, never as zero): {names}"))
 
-    def _prices_set(self, options) -> None:
-        effective_from = _date(options["effective_from"]) if options["effective_from"] else None
+    def _prices_set(self, **options) -> None:
+        effective_from = (
+            parse_day(options["effective_from"], option="--effective-from") if options["effective_from"] else None
+        )
         price = services.price_set(
             provider=options["provider"],
             model=options["model"],
@@ -206,7 +186,7 @@ class Command(BaseCommand):
             f"{_usd(price.cache_write_per_million)} USD per million tokens, from {price.effective_from.isoformat()}"
         )
 
-    def _prices_load(self, options) -> None:
+    def _prices_load(self, **options) -> None:
         path = Path(options["file"])
         try:
             if path.stat().st_size > MAX_PRICE_FILE_BYTES:
@@ -225,6 +205,63 @@ class Command(BaseCommand):
         self.stdout.write(f"{path}: {len(result.created)} prices added, {result.unchanged} already present")
         for price in result.created:
             self.stdout.write(f"  {price.provider}/{price.model} from {price.effective_from.isoformat()}")
+
+    def _prices_sync(self, **options) -> None:
+        result = services.prices_sync(dry_run=options["dry_run"])
+        info = pricing.price_data_info()
+        if options["json"]:
+            self.print_json(
+                {
+                    "price_data": info,
+                    "dry_run": result.dry_run,
+                    "added": [
+                        {
+                            "provider": change.provider,
+                            "model": change.model,
+                            "effective_from": change.effective_from.isoformat(),
+                            **change.terms.as_dict(),
+                            "previous": change.previous.as_dict() if change.previous else None,
+                        }
+                        for change in result.added
+                    ],
+                    "unchanged": result.unchanged,
+                    "operator_priced": [f"{provider}/{model}" for provider, model in result.operator_priced],
+                    "unpriced": [{"provider": p, "model": m, "reason": why} for p, m, why in result.unpriced],
+                }
+            )
+            return
+        self.stdout.write(_price_data_line(info))
+        verb = "would add" if result.dry_run else "added"
+        self.stdout.write(f"{verb} {len(result.added)} prices; {result.unchanged} models unchanged")
+        for change in result.added:
+            was = f" (was {_terms(change.previous)})" if change.previous else " (new)"
+            self.stdout.write(
+                f"  {change.provider}/{change.model} from {change.effective_from.isoformat()}: "
+                f"{_terms(change.terms)}{was}"
+            )
+        if result.operator_priced:
+            names = ", ".join(f"{provider}/{model}" for provider, model in result.operator_priced)
+            self.stdout.write(f"kept (an operator's price wins): {names}")
+        for provider, model, why in result.unpriced:
+            self.stdout.write(self.style.WARNING(f"unpriced: {provider}/{model}: {why}"))
+
+
+def _price_data_line(info: dict) -> str:
+    synced = info["last_synced_at"] or "never"
+    return (
+        f"price data: {info['package']} {info['version']} ({info['source']}, newest price change "
+        f"{info['newest_price_change']}); last synced row {synced}"
+    )
+
+
+def _terms(terms: pricing.PriceTerms) -> str:
+    labels = zip(pricing.PRICE_FIELDS, ("input", "output", "cached", "cache write"), strict=True)
+    parts = []
+    for name, label in labels:
+        if getattr(terms, name) is not None:
+            tiers = "; ".join(f"{start:,} tokens+: {rate}" for start, rate in terms.tiers.get(name, ()))
+            parts.append(f"{label} {_usd(getattr(terms, name))}" + (f" ({tiers})" if tiers else ""))
+    return ", ".join(parts)
 
 
 def _usd(value) -> str:
