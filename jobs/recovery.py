@@ -62,10 +62,11 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
     if batch:
         _requeue_lost(batch, report, now, dry_run, view)
 
-    expired = AIJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now).values_list("id", flat=True)
-    for job_id in list(expired[:EXPIRED_PER_RUN]):
-        if dry_run:
-            report.recovered.append(str(job_id))
+    expired = AIJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
+    for job in list(expired.only("id", "attempts", "budget_base", "max_attempts")[:EXPIRED_PER_RUN]):
+        job_id = job.id
+        if dry_run:  # what a real run would do: the same attempt-budget rule as job_expire_lease
+            (report.recovered if job.attempts_left > 0 else report.dead).append(str(job_id))
             continue
         status = _recover_expired(job_id, now)
         if status == JobStatus.RETRYING:

@@ -209,9 +209,25 @@ def attempt_save(*, job: AIJob, record: AttemptRecord, outcome: str, error: Clas
         "validation_passed": record.validation_passed,
     }
     if outcome == AttemptOutcome.ABANDONED:
-        return JobAttempt.objects.update_or_create(job=job, number=record.number, defaults=fields)[1]
+        # Recovery recorded (and counted) the attempt as abandoned with a TIMEOUT: keep what it said, add what
+        # only the worker knows (how long the call took, its tokens, the request id, the validation).
+        late = {key: fields[key] for key in _LATE_FIELDS}
+        return JobAttempt.objects.update_or_create(
+            job=job, number=record.number, defaults=late, create_defaults=fields
+        )[1]
     JobAttempt.objects.create(job=job, number=record.number, **fields)
     return True
+
+
+_LATE_FIELDS = (
+    "finished_at",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "provider_request_id",
+    "validation_passed",
+)
 
 
 # --- lease expiry ---

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings as django_settings
-from django.test import Client
+from django.core.management import call_command
+from django.test import Client, override_settings
 from rest_framework.test import APIClient
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
@@ -126,7 +128,6 @@ def _pending(conn) -> bool:
 def run_worker(redis_conn, transactional_db) -> Callable[..., int]:
     """Run a real RQ worker (the project's forking worker class unless told otherwise) in burst mode,
     with the scheduler, until no job waits or is scheduled, or ``until()`` is true. Returns the passes made."""
-    from jobs.worker import AIPBWorker
 
     def run(*, timeout: float = 30.0, worker_class=AIPBWorker, until: Callable[[], bool] | None = None) -> int:
         deadline = time.monotonic() + timeout
@@ -146,6 +147,21 @@ def run_worker(redis_conn, transactional_db) -> Callable[..., int]:
     return run
 
 
+@pytest.fixture
+def register_worker(redis_conn) -> Callable[..., AIPBWorker]:
+    """Register an RQ worker in Redis the way a live one does (its hash, the queue and worker sets), in a
+    given RQ state, on the AI queues unless told otherwise. Nothing runs: what Redis says is the point."""
+
+    def register(name: str, state: str | None = None, queues: list | None = None) -> AIPBWorker:
+        worker = AIPBWorker(queues or all_queues(), connection=redis_conn, name=name)
+        worker.register_birth()
+        if state:
+            worker.set_state(state)
+        return worker
+
+    return register
+
+
 def all_final() -> bool:
     return not AIJob.objects.exclude(status__in=FINAL_STATUSES).exists()
 
@@ -153,8 +169,6 @@ def all_final() -> bool:
 def child_database_url() -> str:
     """DATABASE_URL for a child process (gunicorn, a worker, a command) that must see this test's database:
     pytest-django's test database, over TCP or over the embedded server's Unix socket alike."""
-    from urllib.parse import quote
-
     db = django_settings.DATABASES["default"]
     auth = quote(db.get("USER") or "", safe="")
     if db.get("PASSWORD"):

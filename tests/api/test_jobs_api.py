@@ -7,7 +7,9 @@ import uuid
 
 import pytest
 from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
+from jobs import transitions
 from jobs.models import AIJob, JobStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -75,8 +77,6 @@ def test_idempotency_key(api, redis_conn):
 
 
 def test_idempotency_key_is_per_owner(api, other_user, redis_conn):
-    from rest_framework.test import APIClient
-
     other = APIClient()
     other.force_authenticate(other_user)
     a = api.post(JOBS, {"prompt": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
@@ -158,8 +158,6 @@ def test_unknown_api_url_is_json_404(api):
 
 
 def test_owners_see_only_their_jobs_and_staff_see_all(api, staff_api, other_user, redis_conn):
-    from rest_framework.test import APIClient
-
     mine = api.post(JOBS, {"prompt": "mine"}, format="json").json()["id"]
     other = APIClient()
     other.force_authenticate(other_user)
@@ -221,8 +219,6 @@ def test_cancel_retry_delete_state_rules(api, run_worker, redis_conn):
 
 
 def test_delete_of_a_running_job_is_409(api, user, redis_conn):
-    from jobs import transitions
-
     job_id = api.post(JOBS, {"prompt": "x"}, format="json").json()["id"]
     job = AIJob.objects.get(id=job_id)
     assert transitions.job_claim(job_id=job_id, rq_job_id=job.rq_job_id) is not None

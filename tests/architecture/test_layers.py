@@ -28,7 +28,8 @@ def code_copy(tmp_path_factory) -> Path:
     """The packages and the contracts, without migrations, templates or caches (only imports matter)."""
     dest = tmp_path_factory.mktemp("layers")
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.html", "*.json"))
+        ignore = shutil.ignore_patterns("__pycache__", "*.html", "*.json")
+        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     return dest
 

@@ -1,12 +1,13 @@
-"""Dead letters made the real way: a job submitted through jobs.services and killed by the pipeline."""
+"""Dead letters made the real way: a job submitted through jobs.submission and killed by the pipeline."""
 
 from __future__ import annotations
 
 import pytest
 
 from dlq.models import DeadLetter
-from jobs import pipeline, submission
+from jobs import pipeline
 from jobs.models import AIJob
+from tests.factories import DEFAULT_PROMPT, submit_job
 
 
 def submit_failing(
@@ -16,18 +17,10 @@ def submit_failing(
     fail_attempts: int = 1,
     max_attempts: int = 1,
     model: str = "sim-small",
-    prompt: str = "A landing page for a bakery in Lisbon",
+    prompt: str = DEFAULT_PROMPT,
 ) -> AIJob:
-    job, created = submission.job_submit(
-        owner=owner,
-        prompt=prompt,
-        provider="simulated",
-        model=model,
-        options={"simulate": {"fail_attempts": fail_attempts, "error": error}},
-        max_attempts=max_attempts,
-    )
-    assert created
-    return job
+    simulate = {"fail_attempts": fail_attempts, "error": error}
+    return submit_job(owner, simulate=simulate, model=model, prompt=prompt, max_attempts=max_attempts)
 
 
 @pytest.fixture

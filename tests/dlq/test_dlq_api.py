@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
 
+import pytest
+from django.db import connections
+
+from aipb.exceptions import Conflict
 from dlq.models import DeadLetter
+from dlq.services import dlq_retry
 from jobs import actions
 from jobs.models import AIJob, JobStatus
 from jobs.queues import all_queues
@@ -188,13 +193,6 @@ def test_bulk_retry_rejects_a_body_that_is_not_json(staff_api, db):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_retries_of_one_entry_queue_the_job_once(kill, user):
-    import threading
-
-    from django.db import connections
-
-    from aipb.exceptions import Conflict
-    from dlq.services import dlq_retry
-
     for _ in range(5):
         entry = kill(user)
         deliveries = AIJob.objects.get(id=entry.job_uuid).deliveries

@@ -31,18 +31,6 @@ pytestmark = pytest.mark.e2e
 RECONCILE_LINE = re.compile(r"put back (\d+) lost from Redis, (\d+) from dead workers")
 
 
-@pytest.fixture(scope="module")
-def servers():
-    with harness.private_servers() as s:
-        yield s
-
-
-@pytest.fixture
-def stack(servers, django_db_blocker, request):
-    with harness.drill_stack(servers, django_db_blocker, request.node.name) as s:
-        yield s
-
-
 def start(stack: Stack, **env: str) -> list:
     """gunicorn, two workers — [0] the forking AIPBWorker, [1] AIPBSimpleWorker — and `reconcile --every 2`."""
     stack.gunicorn(**env)

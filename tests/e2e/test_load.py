@@ -36,18 +36,6 @@ LOAD_JOBS = int(os.environ.get("AIPB_LOAD_JOBS", "10000"))
 CLIENTS = 8
 
 
-@pytest.fixture(scope="module")
-def servers():
-    with harness.private_servers() as s:
-        yield s
-
-
-@pytest.fixture
-def stack(servers, django_db_blocker, request):
-    with harness.drill_stack(servers, django_db_blocker, request.node.name) as s:
-        yield s
-
-
 def waiting_gauge(stack: Stack) -> float:
     return metric_sum(stack.scrape(), "ai_queue_size", status="waiting")
 

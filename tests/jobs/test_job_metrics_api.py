@@ -8,17 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import actions, submission
-from jobs.models import AIJob, JobAttempt
+from jobs import actions
+from jobs.models import JobAttempt
+from tests.factories import JobAttemptFactory, submit_job
 
 URL = "/api/ai/jobs/metrics"
-
-
-def submit(user, sim: dict | None = None, **kwargs) -> AIJob:
-    if sim is not None:
-        kwargs.update(provider="simulated", model="sim-small", options={"simulate": sim})
-    job, _ = submission.job_submit(owner=user, prompt="A page for a bike shop", **kwargs)
-    return job
 
 
 def percentile_cont(values: list[int], fraction: float) -> float:
@@ -30,15 +24,15 @@ def percentile_cont(values: list[int], fraction: float) -> float:
 
 
 def test_metrics_after_a_known_mix_of_jobs(user, staff_api, run_worker):
-    submit(user, provider="local")  # succeeds, 1 attempt
-    submit(user, sim={})  # succeeds, 1 attempt
-    submit(user, sim={"fail_attempts": 2, "error": "unavailable"}, max_attempts=3)  # 2 failures, then success
-    submit(user, sim={"fail_attempts": 1, "error": "auth"})  # dead after 1 attempt
-    submit(user, sim={"fail_attempts": 5, "error": "invalid_page"}, max_attempts=2)  # dead after 2 invalid pages
-    canceled = submit(user, sim={})
+    submit_job(user, provider="local")  # succeeds, 1 attempt
+    submit_job(user, simulate={})  # succeeds, 1 attempt
+    submit_job(user, simulate={"fail_attempts": 2, "error": "unavailable"}, max_attempts=3)  # 2 failures, then success
+    submit_job(user, simulate={"fail_attempts": 1, "error": "auth"})  # dead after 1 attempt
+    submit_job(user, simulate={"fail_attempts": 5, "error": "invalid_page"}, max_attempts=2)  # dead: 2 invalid pages
+    canceled = submit_job(user, simulate={})
     actions.job_cancel(job_id=canceled.id)
     run_worker()
-    submit(user, provider="local")  # still queued
+    submit_job(user, provider="local")  # still queued
 
     response = staff_api.get(URL)
 
@@ -68,21 +62,21 @@ def test_metrics_after_a_known_mix_of_jobs(user, staff_api, run_worker):
 
 def test_processing_time_percentiles_and_the_since_window(user, staff_api):
     now = timezone.now()
-    job = submit(user, provider="local")
+    job = submit_job(user, provider="local")
     for number, latency in enumerate([40, 10, 100, 70, 20, 90, 30, 60, 80, 50], start=1):
-        JobAttempt.objects.create(
+        JobAttemptFactory(
             job=job, number=number, started_at=now - timedelta(minutes=number), outcome="succeeded",
             latency_ms=latency, validation_passed=True,
         )  # fmt: skip
     # outside a 12 h window, inside the default 24 h one
-    JobAttempt.objects.create(
+    JobAttemptFactory(
         job=job, number=11, started_at=now - timedelta(hours=20), outcome="failed", error_type="TIMEOUT",
         latency_ms=100_000, validation_passed=None,
     )  # fmt: skip
     # outside every window asked for here
-    JobAttempt.objects.create(
+    JobAttemptFactory(
         job=job, number=12, started_at=now - timedelta(days=3), outcome="failed", error_type="TIMEOUT",
-        latency_ms=900_000,
+        latency_ms=900_000, validation_passed=None,
     )  # fmt: skip
 
     last_12h = staff_api.get(URL, {"since": "12h"}).json()

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 
+import fastjsonschema
 import pytest
 from jsonschema import Draft202012Validator
 
-from jobs.schema import BLOCK_TYPES, MAX_ERRORS, PAGE_SCHEMA, PageInvalid, model_schema, parse_page, validate_page
+from jobs.schema import (
+    _VALIDATOR,
+    BLOCK_TYPES,
+    MAX_ERRORS,
+    PAGE_SCHEMA,
+    PageInvalid,
+    _fast_check,
+    model_schema,
+    parse_page,
+    validate_page,
+)
 
 ALL_BLOCK_TYPES = ("hero", "features", "text", "gallery", "testimonials", "pricing", "faq", "cta", "footer")
 
@@ -469,10 +480,6 @@ def test_model_schema_without_string_lengths_or_refs_still_describes_the_page():
 
 @pytest.mark.parametrize(("mutate", "expected"), [case[1:] for case in BROKEN_PAGES], ids=[c[0] for c in BROKEN_PAGES])
 def test_the_compiled_fast_path_agrees_with_jsonschema(mutate, expected):
-    import fastjsonschema
-
-    from jobs.schema import _VALIDATOR, _fast_check
-
     page = sample_page()
     assert _VALIDATOR.is_valid(page)
     _fast_check(page)

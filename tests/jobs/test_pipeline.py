@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection
 
 from dlq.models import DeadLetter
-from jobs import actions, pipeline, submission, transitions
-from jobs.models import AIJob, JobAttempt, JobStatus
+from jobs import pipeline
+from jobs.models import JobAttempt, JobStatus
 from jobs.queues import get_queue
 from jobs.schema import validate_page
+from tests.factories import submit_job
 from usage.models import TokenUsage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def submit(user, **kwargs) -> AIJob:
-    kwargs.setdefault("prompt", "A landing page for a bakery in Lisbon")
-    job, created = submission.job_submit(owner=user, **kwargs)
-    assert created
-    return job
-
-
 def test_submitted_job_runs_to_success_with_a_valid_page(user, run_worker):
-    job = submit(user)
+    job = submit_job(user)
     assert get_queue("ai-default").job_ids == [str(job.id)], "enqueued on commit with RQ job id == job id"
 
     run_worker()
@@ -40,17 +31,10 @@ def test_submitted_job_runs_to_success_with_a_valid_page(user, run_worker):
     assert TokenUsage.objects.filter(job=job).count() == 1
 
 
-def test_priority_maps_to_queues(user, redis_conn):
-    high = submit(user, priority="high")
-    low = submit(user, priority="low")
-    assert get_queue("ai-high").job_ids == [str(high.id)]
-    assert get_queue("ai-low").job_ids == [str(low.id)]
-
-
 def test_rate_limit_twice_then_success_honours_retry_after(user, run_worker, settings):
     settings.AI_BACKOFF_MAX_SECONDS = 0.01
     sim = {"fail_attempts": 2, "error": "rate_limit", "retry_after": 1, "prompt_tokens": 10, "completion_tokens": 20}
-    job = submit(user, provider="simulated", model="sim-small", options={"simulate": sim})
+    job = submit_job(user, simulate=sim)
 
     run_worker()
 
@@ -67,9 +51,7 @@ def test_rate_limit_twice_then_success_honours_retry_after(user, run_worker, set
 
 
 def test_non_retryable_auth_error_dies_after_one_attempt(user, run_worker):
-    job = submit(
-        user, provider="simulated", model="sim-small", options={"simulate": {"fail_attempts": 5, "error": "auth"}}
-    )
+    job = submit_job(user, simulate={"fail_attempts": 5, "error": "auth"})
 
     run_worker()
 
@@ -81,7 +63,7 @@ def test_non_retryable_auth_error_dies_after_one_attempt(user, run_worker):
 
 def test_invalid_page_until_budget_runs_out_is_dead_with_validation_error(user, run_worker):
     sim = {"fail_attempts": 10, "error": "invalid_page", "prompt_tokens": 7, "completion_tokens": 3}
-    job = submit(user, provider="simulated", model="sim-small", options={"simulate": sim}, max_attempts=3)
+    job = submit_job(user, simulate=sim, max_attempts=3)
 
     run_worker()
 
@@ -97,7 +79,7 @@ def test_invalid_page_until_budget_runs_out_is_dead_with_validation_error(user, 
 
 
 def test_duplicate_delivery_runs_once(user, run_worker):
-    job = submit(user)
+    job = submit_job(user)
     queue = get_queue("ai-default")
     # the same delivery arrives twice (e.g. a re-enqueue racing the original)
     queue.enqueue("jobs.rq_jobs.run_job", str(job.id), job.rq_job_id, job_id=f"{job.id}-dup")
@@ -108,48 +90,6 @@ def test_duplicate_delivery_runs_once(user, run_worker):
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
     assert JobAttempt.objects.filter(job=job).count() == 1
     assert TokenUsage.objects.filter(job=job).count() == 1
-
-
-def test_a_claimed_job_cannot_be_claimed_again(user, redis_conn):
-    job = submit(user)
-    assert transitions.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is not None
-    assert transitions.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is None
-    assert pipeline.run_attempt(str(job.id), job.rq_job_id).startswith("skipped")
-
-
-def test_cancel_racing_a_claim_has_exactly_one_winner(user, redis_conn):
-    from django.db import connections
-
-    outcomes = []
-    for _ in range(20):
-        job = submit(user)
-        barrier = threading.Barrier(2)
-        results = {}
-
-        def claim(job=job, barrier=barrier, results=results):
-            barrier.wait()
-            results["claim"] = transitions.job_claim(job_id=str(job.id), rq_job_id=job.rq_job_id) is not None
-            connections.close_all()
-
-        def cancel(job=job, barrier=barrier, results=results):
-            barrier.wait()
-            try:
-                actions.job_cancel(job_id=job.id)
-                results["cancel"] = True
-            except Exception:
-                results["cancel"] = False
-            connections.close_all()
-
-        threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results["claim"] != results["cancel"], results
-        job.refresh_from_db()
-        assert job.status == (JobStatus.RUNNING if results["claim"] else JobStatus.CANCELED)
-        outcomes.append(results["claim"])
-    assert connection.vendor == "postgresql"
 
 
 def test_backoff_is_full_jitter_under_the_cap_and_retry_after_wins(settings):

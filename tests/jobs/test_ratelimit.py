@@ -12,6 +12,9 @@ import pytest
 from django.conf import settings as django_settings
 
 from jobs import ratelimit
+from jobs.models import AIJob, JobAttempt
+from jobs.queue_control import queue_status
+from tests.factories import submit_job
 
 HAMMER = """
 import json, os, sys, time
@@ -95,13 +98,10 @@ def test_per_provider_buckets(redis_conn, settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_throttled_jobs_wait_without_spending_attempts(user, run_worker, settings):
-    from jobs import submission
-    from jobs.models import AIJob, JobAttempt
-
     settings.AI_RATE_LIMIT_PER_SECOND = 5
     settings.AI_RATE_LIMIT_BURST = 1
     settings.AI_RATE_LIMIT_RETRY_SECONDS = 0.05
-    jobs = [submission.job_submit(owner=user, prompt=f"page {i}")[0] for i in range(6)]
+    jobs = [submit_job(user, prompt=f"page {i}") for i in range(6)]
     started = time.monotonic()
     run_worker(timeout=60)
     elapsed = time.monotonic() - started

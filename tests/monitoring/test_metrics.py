@@ -19,24 +19,26 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 from django.test import Client
-from prometheus_client import Gauge
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
-from rq.job import Job
-from rq.registry import FailedJobRegistry
 
+from aipb import redis_client
 from aipb.views import build_info
 from dlq.models import DeadLetter
 from dlq.services import dlq_discard
-from jobs import queues, redis_state, submission
+from jobs import queues, redis_state
 from jobs.models import AIJob, JobStatus
-from jobs.queues import all_queues, get_queue
-from jobs.worker import AIPBSimpleWorker, AIPBWorker
+from jobs.worker import AIPBSimpleWorker
 from monitoring import metrics, validation_window
+from tests.factories import ModelPriceFactory, submit_job
 from tests.monitoring.test_monitoring_config import EXPORTED_METRICS
 from usage.models import ModelPrice
 
@@ -79,7 +81,7 @@ def promtool_check(text: str) -> str:
 def ensure_sim_price() -> None:
     """sim-small at 1 / 2 USD per million in / out (a data migration seeds it; transactional tests flush it)."""
     if not ModelPrice.objects.filter(provider="simulated", model="sim-small").exists():
-        ModelPrice.objects.create(
+        ModelPriceFactory(
             provider="simulated",
             model="sim-small",
             input_per_million=Decimal("1"),
@@ -91,15 +93,8 @@ def ensure_sim_price() -> None:
 
 
 def submit(user, **simulate) -> AIJob:
-    job, created = submission.job_submit(
-        owner=user,
-        prompt="A landing page for a bakery in Lisbon",
-        provider="simulated",
-        model="sim-small",
-        options={"simulate": {**SIM, **simulate}},
-    )
-    assert created
-    return job
+    """A sim-small job billed SIM's tokens per answer, with these faults (the e2e metrics tests use it too)."""
+    return submit_job(user, simulate={**SIM, **simulate})
 
 
 # --------------------------------------------------------------------------- in-process tests
@@ -187,27 +182,9 @@ def test_metrics_token_is_required_when_configured(db, settings, redis_conn):
     assert Client().get("/metrics").status_code == 200
 
 
-def test_queue_sizes_come_from_rq(user, run_worker, redis_conn):
-    delayed = submit(user, fail_attempts=1, error="rate_limit", retry_after=300)
-    run_worker(until=lambda: AIJob.objects.get(id=delayed.id).status == JobStatus.RETRYING)  # retry in 300 s
-    waiting = [submit(user) for _ in range(3)]
-    failed = Job.create("jobs.rq_jobs.run_job", args=("x", "x"), connection=redis_conn, id="rq-failed-1")
-    failed.save()
-    FailedJobRegistry(queue=get_queue("ai-low")).add(failed, ttl=600)
-    expired = Job.create("jobs.rq_jobs.run_job", args=("y", "y"), connection=redis_conn, id="rq-failed-old")
-    expired.save()
-    FailedJobRegistry(queue=get_queue("ai-low")).add(expired, ttl=-2)  # -2 s: already expired
-    redis_conn.rpush(Queue.redis_queue_namespace_prefix + "some-other-app", "not-ours")
-
-    sizes = queues.sizes_total(queues.queue_sizes(redis_conn))
-
-    assert sizes == {"waiting": len(waiting), "active": 0, "delayed": 1, "completed": 1, "failed": 1}
-    text = scrape()
-    assert value(parse_metrics(text), "ai_queue_size", status="waiting") == 3
-    assert value(parse_metrics(text), "ai_queue_size", status="delayed") == 1
-
-
-def test_queue_sizes_count_completed_deliveries(user, run_worker):
+def test_queue_size_gauge_reports_what_queue_sizes_counts(user, run_worker, redis_conn):
+    """ai_queue_size is jobs.queues.queue_sizes summed over the AI queues (tests/jobs/test_queues.py tests
+    the counting itself): after deliveries complete, and with deliveries waiting and delayed."""
     for _ in range(2):
         submit(user)
     run_worker()
@@ -215,27 +192,33 @@ def test_queue_sizes_count_completed_deliveries(user, run_worker):
     assert value(samples, "ai_queue_size", status="completed") == 2
     assert value(samples, "ai_queue_size", status="waiting") == 0
 
-
-def test_workers_by_state_from_rqs_registry(db, redis_conn):
-    def worker(name, state=None, queues=None):
-        w = AIPBWorker(queues or all_queues(), connection=redis_conn, name=name)
-        w.register_birth()
-        if state:
-            w.set_state(state)
-        return w
-
-    worker("idle-1", "idle")
-    worker("starting-1", "started")
-    worker("busy-1", "busy")
-    worker("busy-2", "busy")
-    worker("suspended-1", "suspended")
-    worker("other-app", "busy", queues=[Queue("some-other-app", connection=redis_conn)])
-    gone = worker("gone-1", "idle")
-    redis_conn.delete(gone.key)  # died without unregistering: its hash expired
-
-    assert redis_state.worker_states(redis_conn) == {"idle": 2, "busy": 2, "suspended": 1}
+    delayed = submit(user, fail_attempts=1, error="rate_limit", retry_after=300)
+    run_worker(until=lambda: AIJob.objects.get(id=delayed.id).status == JobStatus.RETRYING)  # retry in 300 s
+    for _ in range(3):
+        submit(user)
     samples = parse_metrics(scrape())
+    assert value(samples, "ai_queue_size", status="waiting") == 3
+    assert value(samples, "ai_queue_size", status="delayed") == 1
+    sizes = queues.sizes_total(queues.queue_sizes(redis_conn))
+    assert {status: value(samples, "ai_queue_size", status=status) for status in queues.QUEUE_STATUSES} == sizes
+
+
+def test_worker_gauge_reports_what_worker_states_counts(db, register_worker, redis_conn):
+    """ai_workers is jobs.redis_state.worker_states (tests/jobs/test_redis_state.py tests the reading itself)."""
+    register_worker("idle-1", "idle")
+    register_worker("starting-1", "started")
+    register_worker("busy-1", "busy")
+    register_worker("busy-2", "busy")
+    register_worker("suspended-1", "suspended")
+    register_worker("other-app", "busy", queues=[Queue("some-other-app", connection=redis_conn)])
+    redis_conn.delete(register_worker("gone-1", "idle").key)  # died without unregistering: its hash expired
+
+    samples = parse_metrics(scrape())
+
     assert [value(samples, "ai_workers", state=s) for s in ("idle", "busy", "suspended")] == [2, 2, 1]
+    assert {state: value(samples, "ai_workers", state=state) for state in redis_state.WORKER_STATES} == (
+        redis_state.worker_states(redis_conn)
+    )
 
 
 def test_no_workers_reads_zero_for_every_state(db, redis_conn):
@@ -334,10 +317,6 @@ def test_pipeline_feeds_the_validation_window(user, run_worker, redis_conn):
 
 
 def test_redis_down_leaves_the_redis_gauges_out_but_scrape_works(db, monkeypatch):
-    import redis
-
-    from aipb import redis_client
-
     # nothing listens on port 1; no retries, so the test does not wait out the backoff
     down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, retry_on_timeout=False)
     monkeypatch.setattr(redis_client, "_client", down)
@@ -353,10 +332,37 @@ def test_redis_down_leaves_the_redis_gauges_out_but_scrape_works(db, monkeypatch
     assert {"ai_dlq_entries", "ai_build_info", "ai_jobs_total"} <= names
 
 
-def test_gauges_in_metrics_module_name_their_multiprocess_mode():
-    gauges = [obj for obj in vars(metrics).values() if isinstance(obj, Gauge)]
-    for gauge in gauges:
-        assert gauge._multiprocess_mode != "all", f"{gauge._name}: pass multiprocess_mode= explicitly"
+# --------------------------------------------------------------------------- the metric objects themselves
+
+
+def metric_objects(module: ModuleType) -> list[MetricWrapperBase]:
+    return [obj for obj in vars(module).values() if isinstance(obj, MetricWrapperBase)]
+
+
+def gauges_left_at_the_default_mode(module: ModuleType) -> list[str]:
+    """A Gauge's default multiprocess mode ("all") exports one series per process id, so every restart of a
+    worker adds series and no query can sum them right: each Gauge must say how processes combine."""
+    return [obj._name for obj in metric_objects(module) if isinstance(obj, Gauge) and obj._multiprocess_mode == "all"]
+
+
+def test_every_metric_object_is_in_the_scrape(db, redis_conn):
+    """Each object in monitoring.metrics is registered where /metrics reads, labelled or not, counted yet or not."""
+    objects = metric_objects(metrics)
+    assert len(objects) >= 9, "today's counters and histograms, at least: a loop over nothing would prove nothing"
+    exported = family_names(scrape())
+    for obj in objects:
+        name = obj._name + ("_total" if obj._type == "counter" else "")
+        assert name in exported, f"{name} is defined in monitoring.metrics but not scraped"
+
+
+def test_gauges_name_their_multiprocess_mode():
+    assert gauges_left_at_the_default_mode(metrics) == []
+    # and the check bites: a module with one Gauge of each kind
+    probe = ModuleType("probe")
+    registry = CollectorRegistry()
+    probe.DEFAULTED = Gauge("probe_defaulted", "left at the default mode", registry=registry)
+    probe.NAMED = Gauge("probe_named", "combined by max", multiprocess_mode="max", registry=registry)
+    assert gauges_left_at_the_default_mode(probe) == ["probe_defaulted"]
 
 
 # --------------------------------------------------------------------------- metrics_server: bad input

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from jobs import submission
-from jobs.models import AIJob
 from tests.conftest import child_database_url
+from tests.factories import submit_job
 
 BASE_DIR = Path(settings.BASE_DIR)
 
@@ -160,11 +159,7 @@ def worker_process(redis_conn, transactional_db, tmp_path):
         worker.stop()
 
 
-def submit(owner, **kwargs) -> AIJob:
-    kwargs.setdefault("prompt", "A landing page for a bakery in Lisbon")
-    job, created = submission.job_submit(owner=owner, **kwargs)
-    assert created
-    return job
+submit = submit_job  # the operations tests (commands, admin, reconcile) import it by this name
 
 
 def sim(**simulate) -> dict:

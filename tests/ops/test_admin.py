@@ -24,11 +24,11 @@ OPERATIONS = "/admin/operations/"
 
 @pytest.fixture
 def jobs(user, other_user, run_worker):
-    ok = submit(user, prompt="A landing page for a bakery in Lisbon")
-    dead = submit(other_user, prompt="A page for a florist", **sim(fail_attempts=9, error="auth"))
+    ok = submit_job(user, prompt="A landing page for a bakery in Lisbon")
+    dead = submit_job(other_user, prompt="A page for a florist", **sim(fail_attempts=9, error="auth"))
     run_worker()
-    queued = submit(user, prompt="A page for a dentist", priority="high")
-    running = submit(user, prompt="A page for a bike shop")
+    queued = submit_job(user, prompt="A page for a dentist", priority="high")
+    running = submit_job(user, prompt="A page for a bike shop")
     transitions.job_claim(job_id=str(running.id), rq_job_id=AIJob.objects.get(id=running.id).rq_job_id)
     return {"ok": ok, "dead": dead, "queued": queued, "running": running}
 
@@ -168,7 +168,7 @@ def test_admin_index_links_the_operations_page_and_django_rq(staff_client):
 
 
 def test_operations_page_shows_live_numbers(staff_client, jobs, worker_process, settings):
-    submission.job_submit(owner=jobs["ok"].owner, prompt="wait", priority="low")
+    submit_job(jobs["ok"].owner, prompt="wait", priority="low")
     worker = worker_process()  # takes the waiting ones; we read the page with it registered
     response = staff_client.get(OPERATIONS)
     assert response.status_code == 200

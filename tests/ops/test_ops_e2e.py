@@ -12,8 +12,9 @@ import pytest
 
 from jobs import queue_control
 from jobs.models import AIJob, JobStatus
+from tests.factories import submit_job
 from tests.ops.chromium import Chromium
-from tests.ops.conftest import sim, submit
+from tests.ops.conftest import sim
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -32,10 +33,10 @@ def test_staff_opens_the_operations_page_and_the_job_list_in_chromium(
     live_server, browser, staff_user, user, run_worker, settings, tmp_path
 ):
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False  # the test server speaks plain http
-    done = submit(user, prompt="A landing page for a bakery in Lisbon")
-    dead = submit(user, prompt="A page for a florist", **sim(fail_attempts=9, error="auth"))
+    done = submit_job(user, prompt="A landing page for a bakery in Lisbon")
+    dead = submit_job(user, prompt="A page for a florist", **sim(fail_attempts=9, error="auth"))
     run_worker()
-    waiting = [submit(user, prompt=f"A page for shop {i}") for i in range(3)]
+    waiting = [submit_job(user, prompt=f"A page for shop {i}") for i in range(3)]
     assert AIJob.objects.get(id=done.id).status == JobStatus.SUCCEEDED
     assert AIJob.objects.get(id=dead.id).status == JobStatus.DEAD
 

@@ -6,14 +6,14 @@ import pytest
 from rq.suspension import is_suspended
 
 from jobs.queue_control import queue_status
-from tests.ops.conftest import submit
+from tests.factories import submit_job
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.django_db(transaction=True)
 def test_staff_reads_the_queue_status(staff_api, user, redis_conn):
-    jobs = [submit(user), submit(user, priority="high")]
+    jobs = [submit_job(user), submit_job(user, priority="high")]
     response = staff_api.get("/api/ai/queue")
     assert response.status_code == 200
     body = response.json()

@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from jobs.models import AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.queues import all_queues
-from tests.ops.conftest import sim, submit, wait_for
+from tests.factories import submit_job
+from tests.ops.conftest import sim, wait_for
 from usage.models import TokenUsage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,9 +50,9 @@ def backdate(seconds: float = 120) -> None:
 
 
 def test_reconcile_after_redis_lost_everything(user, run_worker, redis_conn, settings):
-    retrying = submit(user, **sim(fail_attempts=1, error="unavailable", retry_after=1))
+    retrying = submit_job(user, **sim(fail_attempts=1, error="unavailable", retry_after=1))
     run_worker(until=lambda: AIJob.objects.get(id=retrying.id).status == JobStatus.RETRYING)
-    queued = [submit(user), submit(user, priority="high"), submit(user, priority="low")]
+    queued = [submit_job(user), submit_job(user, priority="high"), submit_job(user, priority="low")]
     jobs = [retrying, *queued]
 
     redis_conn.flushdb()  # FLUSHALL of our database: every queue, registry and RQ job is gone
@@ -84,7 +85,7 @@ def test_reconcile_after_redis_lost_everything(user, run_worker, redis_conn, set
 
 
 def test_reconcile_command_says_what_it_did(user, redis_conn):
-    job = submit(user)
+    job = submit_job(user)
     redis_conn.flushdb()
     backdate()
     out = StringIO()
@@ -99,8 +100,8 @@ def test_reconcile_command_says_what_it_did(user, redis_conn):
 def test_reconcile_after_a_worker_is_killed_mid_job(user, worker_process, redis_conn, victim):
     # a short lease in the worker that dies, so the lost attempt is found within the test
     worker = worker_process(with_scheduler=False, AI_LEASE_SECONDS="1")
-    slow = submit(user, **sim(latency_ms=3000))
-    others = [submit(user, **sim(latency_ms=100)) for _ in range(2)]
+    slow = submit_job(user, **sim(latency_ms=3000))
+    others = [submit_job(user, **sim(latency_ms=100)) for _ in range(2)]
 
     wait_for(lambda: AIJob.objects.get(id=slow.id).status == JobStatus.RUNNING, what="the slow job to start")
     if victim == "work-horse":

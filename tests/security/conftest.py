@@ -11,9 +11,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dlq.models import DeadLetter
-from jobs import pipeline, submission
+from jobs import pipeline
 from jobs.models import AIJob
 from jobs.providers.base import Usage
+from tests.factories import submit_job
 from usage.services import usage_record
 
 
@@ -44,11 +45,9 @@ class World:
 
 
 def _submit(owner, prompt: str, **simulate) -> AIJob:
-    options = {"simulate": simulate} if simulate else {}
-    job, _ = submission.job_submit(
-        owner=owner, prompt=prompt, provider="simulated", model="sim-small", options=options, max_attempts=1
+    return submit_job(
+        owner, prompt=prompt, provider="simulated", model="sim-small", simulate=simulate or None, max_attempts=1
     )
-    return job
 
 
 def make_owned(owner, tag: str) -> Owned:
