@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from jobs.errors import Classified
 from jobs.models import JobStatus
+from jobs.providers.base import Usage
 from jobs.transitions import AttemptRecord
 from monitoring import metrics
 
@@ -25,7 +26,6 @@ def attempt_ended(
     outcome: str | None,
     error: Classified | None,
     status: str | None,
-    cost: Decimal | None = None,
 ) -> None:
     """One attempt's end. `status` is the job's new state when this end changed it (None: it did not);
     `outcome` None: the attempt was counted already (lease recovery took it back before its worker finished;
@@ -36,19 +36,26 @@ def attempt_ended(
         )
     if record.validation_passed is not None:
         metrics.output_validated(provider=provider, model=model, passed=record.validation_passed)
-    if record.usage is not None:
-        metrics.usage_recorded(
-            provider=provider,
-            model=model,
-            prompt=record.usage.prompt_tokens,
-            completion=record.usage.completion_tokens,
-            cached=record.usage.cached_tokens,
-            cost=cost,
-        )
     if status == JobStatus.RETRYING:
         metrics.retry_scheduled(provider=provider, model=model)
     elif status is not None:
         job_ended(provider=provider, model=model, status=status)
+
+
+def usage_counted(*, provider: str, model: str, usage: Usage, cost: Decimal | None, priced: bool) -> None:
+    """A provider call that returned usage, counted once its row is durable (usage.recording), whatever the
+    attempt's end: the tokens and cost metrics equal the usage rows. `priced` False: no price was in force
+    (the call is unpriced); a spooled call's cost is not known yet, which is not the same thing."""
+    metrics.usage_recorded(
+        provider=provider,
+        model=model,
+        prompt=usage.prompt_tokens,
+        completion=usage.completion_tokens,
+        cached=usage.cached_tokens,
+        cost=cost,
+    )
+    if not priced:
+        metrics.llm_unpriced_call(provider=provider)
 
 
 def job_ended(*, provider: str, model: str, status: str) -> None:

@@ -1,7 +1,9 @@
 """One attempt, start to end (DESIGN.md §2): the one place that decides what happens to it.
 
-claim → rate limit → provider call with timeout → validate → record (the state change, the attempt, its
-usage, and a death's dead letter, in one transaction that this module owns) → accounting (metrics).
+claim → rate limit → provider call with timeout → validate → the call's usage, in its own transaction as soon
+as the provider answered (usage.recording: billed even if what follows fails) → record (the state change, the
+attempt and a death's dead letter, in one transaction that this module owns, retried through a short Postgres
+outage) → accounting (metrics).
 """
 
 from __future__ import annotations
@@ -10,23 +12,27 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
+from aipb.exceptions import DATABASE_UNAVAILABLE
 from dlq.records import dead_letter
 from jobs import accounting, ratelimit, transitions
 from jobs.errors import Classified, classify
-from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobStatus
+from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.providers import get_provider
 from jobs.providers.base import CallContext, ProviderError
 from jobs.schema import PageInvalid, parse_page
 from jobs.transitions import AttemptRecord
-from usage.services import usage_record
+from usage.recording import usage_record_durable
 
 log = logging.getLogger(__name__)
+
+
+# What run_attempt returns for a delivery that ran no attempt (no token, or nothing to claim).
+NOT_AN_ATTEMPT = ("throttled:", "skipped:")
 
 
 def backoff_seconds(*, attempt_in_budget: int, retry_after: float | None = None) -> float:
@@ -111,12 +117,22 @@ def _attempt(job: AIJob) -> str:
         validation_passed=validation_passed,
     )
 
+    if usage is not None:
+        recorded = usage_record_durable(job=job, attempt=number, usage=usage, at=record.finished_at)
+        accounting.usage_counted(
+            provider=job.provider,
+            model=job.model,
+            usage=usage,
+            cost=recorded.cost,
+            priced=recorded.cost is not None or recorded.spooled,
+        )
+
     classified = None
     if error is not None:
         classified = classify(error)
         if not isinstance(error, (ProviderError, PageInvalid)):
             log.exception("job %s attempt %s failed unexpectedly", job.id, number, exc_info=error)
-    result = _record(job, record, page, classified)
+    result = _record_through_outage(job, record, page, classified)
     accounting.attempt_ended(
         provider=job.provider,
         model=job.model,
@@ -125,7 +141,6 @@ def _attempt(job: AIJob) -> str:
         outcome=result.outcome,
         error=classified,
         status=result.status,
-        cost=result.cost,
     )
     if result.status is None:
         return f"abandoned: attempt {number} lost its lease"
@@ -138,12 +153,47 @@ def _attempt(job: AIJob) -> str:
 class _Recorded:
     outcome: str | None  # of the attempt; None: lease recovery already counted it as abandoned
     status: str | None  # the job's new state; None: the job was taken back by lease recovery meanwhile
-    cost: Decimal | None
+
+
+# A Postgres restart or failover mid-attempt: the attempt's end is written as soon as Postgres is back, within
+# this long, instead of waiting out the lease (the provider's answer is already billed).
+RECORD_RETRY_SECONDS = 30.0
+
+
+def _record_through_outage(job, record, page, classified) -> _Recorded:
+    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    pause = 0.25
+    while True:
+        try:
+            return _record(job, record, page, classified)
+        except DATABASE_UNAVAILABLE as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("job %s attempt %s: Postgres unavailable (%s); recording again", job.id, record.number, exc)
+            connections["default"].close()
+            time.sleep(pause)
+            pause = min(pause * 2, 4.0)
+            try:
+                done = _recorded_already(job, record)
+            except DATABASE_UNAVAILABLE:
+                continue
+            if done is not None:
+                return done
+
+
+def _recorded_already(job: AIJob, record: AttemptRecord) -> _Recorded | None:
+    """The commit may have gone through before the connection died: then the attempt's row exists."""
+    outcome = JobAttempt.objects.filter(job_id=job.id, number=record.number).values_list("outcome", flat=True).first()
+    if outcome is None:
+        return None
+    if outcome == AttemptOutcome.ABANDONED:
+        return _Recorded(outcome=None, status=None)
+    return _Recorded(outcome=outcome, status=AIJob.objects.values_list("status", flat=True).get(id=job.id))
 
 
 @transaction.atomic
 def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Classified | None) -> _Recorded:
-    """The attempt's end in one transaction: state change, attempt row, usage row, dead letter."""
+    """The attempt's end in one transaction: state change, attempt row, dead letter."""
     if classified is None:
         status = JobStatus.SUCCEEDED if transitions.job_succeed(job=job, record=record, page=page) else None
     elif (delay := _retry_delay(job, classified)) is not None:
@@ -156,14 +206,11 @@ def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Cl
     else:
         outcome = AttemptOutcome.SUCCEEDED if classified is None else AttemptOutcome.FAILED
     created = transitions.attempt_save(job=job, record=record, outcome=outcome, error=classified)
-    usage = None
-    if record.usage is not None:
-        usage = usage_record(job=job, attempt=record.number, usage=record.usage, at=record.finished_at)
     if status == JobStatus.DEAD:
         job.refresh_from_db()
         dead_letter(job=job, classified=classified)
     counted = outcome == AttemptOutcome.ABANDONED and not created  # lease recovery recorded and counted it
-    return _Recorded(outcome=None if counted else outcome, status=status, cost=usage.cost if usage else None)
+    return _Recorded(outcome=None if counted else outcome, status=status)
 
 
 def _retry_delay(job: AIJob, classified: Classified) -> float | None:

@@ -5,7 +5,8 @@ Postgres is the source of truth; Redis is transport. Two kinds of rows need help
   from where the delivery is in Redis): they get a new delivery;
 - running rows past their lease (the worker died mid-attempt): the attempt is recorded as abandoned, and the
   job retries or dies by the same attempt-budget rule as any failed attempt (jobs.transitions.job_expire_lease).
-It also unregisters workers that stopped heart-beating, so a killed worker stops being listed within minutes.
+It also unregisters workers that stopped heart-beating, so a killed worker stops being listed within minutes,
+and writes the usage that workers spooled to Redis while Postgres was down (usage.recording).
 Every change is a conditional UPDATE, so a second reconcile, or a worker finishing meanwhile, changes nothing.
 """
 
@@ -24,6 +25,7 @@ from dlq.records import dead_letter
 from jobs import accounting, transitions
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobStatus
 from jobs.redis_state import DeliveryView, workers_forget_gone
+from usage.recording import usage_spool_replay
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
     """Put back what Redis lost and what dead workers dropped, each exactly once (conditional UPDATEs)."""
     now = timezone.now()
     report = ReconcileReport(requeued=[], recovered=[], dead=[], dry_run=dry_run)
-    if not dry_run and (gone := workers_forget_gone(get_redis())):
-        log.warning("unregistered %d workers that stopped heart-beating: %s", len(gone), ", ".join(gone))
+    if not dry_run:
+        if gone := workers_forget_gone(get_redis()):
+            log.warning("unregistered %d workers that stopped heart-beating: %s", len(gone), ", ".join(gone))
+        usage_spool_replay()
     waiting = AIJob.objects.filter(
         status__in=WAITING_STATUSES, updated_at__lt=now - timedelta(seconds=grace_seconds)
     ).only("id", "rq_job_id", "deliveries", "priority", "status", "next_attempt_at")

@@ -65,6 +65,12 @@ class TokenUsage(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
+        constraints = [
+            # one row per provider call: recording it again adds nothing (usage.recording)
+            models.UniqueConstraint(
+                fields=["job", "attempt"], condition=models.Q(job__isnull=False), name="usage_one_row_per_attempt"
+            ),
+        ]
         indexes = [
             models.Index(fields=["created_at"], name="usage_created"),
             models.Index(fields=["owner", "created_at"], name="usage_owner_created"),

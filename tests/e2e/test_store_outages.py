@@ -21,18 +21,6 @@ from tests.e2e.harness import ALIAS, SIMPLE, Stack, sim_job
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def servers():
-    with harness.private_servers() as s:
-        yield s
-
-
-@pytest.fixture
-def stack(servers, django_db_blocker, request):
-    with harness.drill_stack(servers, django_db_blocker, request.node.name) as s:
-        yield s
-
-
 def test_api_answers_while_redis_then_postgres_is_down(stack: Stack):
     stack.gunicorn()
     stack.workers(classes=(SIMPLE,))
@@ -81,3 +69,29 @@ def test_api_answers_while_redis_then_postgres_is_down(stack: Stack):
     assert books.jobs == len(specs)  # the POST during the Postgres outage wrote nothing
     assert books.statuses == {"succeeded": len(specs)}, books.summary()
     assert metric_sum(stack.scrape(), "ai_database_up") == 1
+
+
+def test_postgres_restart_between_the_answer_and_the_commit_bills_each_call_once(stack: Stack):
+    """Postgres stops while attempts are inside their provider call, so they come back with an answer and no
+    database: the usage goes to the Redis spool (or in just before), the attempt's end is written again once
+    Postgres is back, reconcile replays the spool, and every call that returned usage has exactly one row."""
+    stack.gunicorn()
+    stack.workers(classes=(SIMPLE, SIMPLE))
+    stack.reconciler(every=2)
+    specs = [sim_job(f"pg-mid-{n}", latency_ms=1500) for n in range(24)]
+    stack.submit(specs)
+    harness.wait_for(lambda: stack.status_counts().get("running", 0) >= 2, timeout=30, what="attempts in flight")
+    time.sleep(0.5)  # inside their 1.5 s provider call
+    stack.servers.pg.stop()
+    time.sleep(3)
+    stack.servers.pg.resume()
+    harness.reset_connection()
+
+    stack.wait_final(timeout=120)
+    books = check_books(using=ALIAS, metrics_text=stack.scrape(), metrics_slack=0)
+    assert books.statuses == {"succeeded": len(specs)}, books.summary()
+    logs = stack.logs("worker", chars=200_000)
+    hit = logs.count("spooled to Redis") + logs.count("recording again")
+    assert hit > 0, "the outage did not fall between a provider answer and its commit"
+    assert stack.servers.redis.client().llen("aipb:usage:spool") == 0
+    print(f"\n[{stack.name}] {hit} attempts met the outage after their provider answered: {books.summary()}")

@@ -113,3 +113,6 @@ def test_throttled_jobs_wait_without_spending_attempts(user, run_worker, setting
     span = (starts[-1] - starts[0]).total_seconds()
     assert span >= (len(jobs) - 1 - 1) / 5, "six calls at 5/s with a bucket of one take about a second"
     assert elapsed >= span
+    # the hand-backs ran no attempt: RQ's "completed" counts the six attempts, not every throttled delivery
+    assert AIJob.objects.filter(deliveries__gt=1).exists(), "the limiter handed deliveries back"
+    assert queue_status()["totals"]["completed"] == len(jobs)
