@@ -35,6 +35,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aipb import embedded
 from aipb.env import env_float, env_int, env_str
+from aipb.queue_names import AI_QUEUES
+
+THREADED_WORKER = "jobs.threaded_worker.AIPBThreadedWorker"
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PID_FILE = embedded.VAR_DIR / "run.pid"
@@ -51,20 +54,36 @@ class Config:
     metrics_bind: str
     web_workers: int
     worker_processes: int
+    worker_env: tuple[tuple[str, str], ...]  # the threaded worker's threads per process and its connection pool
     stop_timeout: float
     metrics_dir: Path
 
     @classmethod
     def from_env(cls) -> Config:
+        concurrency = env_int("AI_WORKER_CONCURRENCY", 10, minimum=1)
+        threaded = env_str("AI_WORKER_CLASS", THREADED_WORKER) == THREADED_WORKER
+        # threaded: a few processes (one per core by default) whose threads add up to the concurrency;
+        # the one-job-at-a-time classes need a process per in-flight attempt
+        processes = min(env_int("AI_WORKER_PROCESSES", os.cpu_count() or 1, minimum=1), concurrency)
+        if not threaded:
+            processes = concurrency
         return cls(
             bind=env_str("AIPB_BIND", "127.0.0.1:8000"),
             metrics_bind=env_str("AIPB_METRICS_BIND", "127.0.0.1:9108"),
             web_workers=env_int("WEB_CONCURRENCY", 2, minimum=1),
-            worker_processes=env_int("AI_WORKER_CONCURRENCY", 10, minimum=1),
+            worker_processes=processes,
+            worker_env=_threads_and_pool(-(-concurrency // processes)) if threaded else (),
             # a busy worker finishes its provider call before it exits (warm shutdown)
             stop_timeout=env_float("AI_PROVIDER_TIMEOUT_SECONDS", 60.0, minimum=0.1) + 15,
             metrics_dir=Path(env_str("PROMETHEUS_MULTIPROC_DIR") or embedded.VAR_DIR / "metrics"),
         )
+
+
+def _threads_and_pool(threads: int) -> tuple[tuple[str, str], ...]:
+    # A pooled Postgres connection per two threads at most: an attempt holds one only for its short
+    # transactions, never during the provider call (README, "Capacity"). The operator's own size wins.
+    pool = os.environ.get("DATABASE_POOL_MAX_SIZE") or str(max(2, -(-threads // 2)))
+    return (("AI_WORKER_THREADS", str(threads)), ("DATABASE_POOL_MAX_SIZE", pool))
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,7 @@ class Child:
     name: str
     argv: list[str]
     metrics: str  # subdirectory of Config.metrics_dir this process writes its metrics to
+    env: tuple[tuple[str, str], ...] = ()  # added to this process's environment
     # Signals to the whole group that would cut this program short instead of our SIGTERM: ignored from
     # the start (an ignored signal stays ignored across exec unless the program installs a handler).
     # gunicorn and RQ install their own SIGINT handlers, which stop them properly.
@@ -90,9 +110,10 @@ def _children(config: Config) -> list[Child]:
         ),
         Child(
             "workers",
-            [python, "manage.py", "rqworker-pool", "ai-high", "ai-default", "ai-low"]
+            [python, "manage.py", "rqworker-pool", *AI_QUEUES.values()]
             + ["--num-workers", str(config.worker_processes)],
             metrics="workers",
+            env=config.worker_env,
             ignore=(signal.SIGHUP,),  # RQ has no SIGHUP handler: it would kill busy workers mid-job
         ),
         Child(
@@ -210,7 +231,7 @@ def _prctl(option: int, value: int) -> None:
 
 
 def _start(child: Child, config: Config) -> subprocess.Popen:
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(config.metrics_dir / child.metrics)}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(config.metrics_dir / child.metrics), **dict(child.env)}
 
     def before_exec() -> None:  # in the child, between fork and exec; this process has no threads
         for sig in child.ignore:

@@ -10,7 +10,7 @@ import dj_database_url
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
-from aipb import embedded
+from aipb import embedded, queue_names
 from aipb.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -104,6 +104,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 10
+# Django's psycopg pool, per process: connections bounded whatever the number of threads (the threaded worker
+# runs AI_WORKER_THREADS attempts, each holding a connection only for its short transactions). 0: no pool,
+# one persistent connection per thread (DATABASE_CONN_MAX_AGE), as the forking worker's work-horses need.
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0)
+if DATABASE_POOL_MAX_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections; Django must not
+    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": DATABASE_POOL_MAX_SIZE, "timeout": 30}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -167,7 +174,7 @@ def _with_query(url: str, **params: object) -> str:
     return f"{base}?{urlencode(merged)}"
 
 
-AI_QUEUES = {"high": "ai-high", "normal": "ai-default", "low": "ai-low"}
+AI_QUEUES = queue_names.AI_QUEUES
 if REDIS_SENTINELS:
     _rq_connection = {
         "SENTINELS": REDIS_SENTINELS,
@@ -194,7 +201,7 @@ RQ_QUEUES = {name: dict(_rq_connection, DEFAULT_TIMEOUT=900) for name in AI_QUEU
 RQ = {
     # No fork per job: 4-5x less CPU per job than the forking AIPBWorker (bench/RESULTS.md, section 1);
     # provider calls carry their own timeout and a dead worker's job comes back through its lease.
-    "WORKER_CLASS": _worker_class(env_str("AI_WORKER_CLASS", "jobs.worker.AIPBSimpleWorker")),
+    "WORKER_CLASS": _worker_class(env_str("AI_WORKER_CLASS", "jobs.threaded_worker.AIPBThreadedWorker")),
     "COMMIT_MODE": "auto",  # we enqueue on commit ourselves (jobs.queues)
 }
 RQ_SHOW_ADMIN_LINK = True
@@ -244,6 +251,10 @@ AI_MAX_ATTEMPTS = env_int("AI_MAX_ATTEMPTS", 3, minimum=1)
 # A worker whose last heartbeat is older than this is gone: not counted in ai_workers or queue status, and
 # unregistered by reconcile. Idle workers beat at least every 60 s (jobs.worker.ResilienceMixin).
 AI_WORKER_GONE_SECONDS = env_int("AI_WORKER_GONE_SECONDS", 90, minimum=65)
+# Attempts one AIPBThreadedWorker process runs at once; a host's processes add up to AI_WORKER_CONCURRENCY.
+AI_WORKER_THREADS = env_int("AI_WORKER_THREADS", 8, minimum=1)
+# On SIGTERM a threaded worker stops taking jobs and waits this long for the attempts in flight.
+AI_WORKER_SHUTDOWN_GRACE_SECONDS = env_float("AI_WORKER_SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0)
 # Retire a worker process after this many jobs (0: never); its pool starts a new one (jobs.worker.RecycleMixin).
 AI_WORKER_MAX_JOBS = env_int("AI_WORKER_MAX_JOBS", 0, minimum=0)
 AI_WORKER_CONCURRENCY = env_int("AI_WORKER_CONCURRENCY", 10, minimum=1)

@@ -45,7 +45,15 @@ CASES = {
     "pool-simple": Case(
         "pool-simple", "worker pool of AIPBSimpleWorker (rqworker-pool)", "jobs.worker.AIPBSimpleWorker", True
     ),
+    # the default: W processes of THREADS threads each, with Django's connection pool
+    "threaded": Case(
+        "threaded",
+        "AIPBThreadedWorker x W (rqworker, 8 threads each)",
+        "jobs.threaded_worker.AIPBThreadedWorker",
+        False,
+    ),
 }
+THREADS = 8
 
 
 @dataclass
@@ -84,6 +92,8 @@ def _drain(case: Case, workers: int, *, timeout: float, log) -> tuple[float, flo
     for f in metrics_dir.glob("*.db"):
         f.unlink()
     env = common.worker_env(AI_RATE_LIMIT_PER_SECOND="0", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    if case.key == "threaded":
+        env.update(AI_WORKER_THREADS=str(THREADS), DATABASE_POOL_MAX_SIZE=str(THREADS // 2))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     procs = [common.spawn(cmd, env=env, log=log) for cmd in _worker_commands(case, workers)]

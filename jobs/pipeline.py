@@ -77,6 +77,14 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
     return _attempt(job)
 
 
+def _release_connection() -> None:
+    """With a connection pool, nothing holds a connection during the provider call: the claim's is given back
+    now and the recording takes one again (jobs.threaded_worker: threads x a 60 s call would otherwise need as
+    many connections as threads). Without a pool the process keeps its one persistent connection."""
+    if connections["default"].settings_dict["OPTIONS"].get("pool"):
+        connections["default"].close()
+
+
 def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
     job = AIJob.objects.filter(id=job_id).first()
     if job is None or job.status not in WAITING_STATUSES or job.rq_job_id != rq_job_id:
@@ -96,6 +104,7 @@ def _attempt(job: AIJob) -> str:
         ctx = CallContext(
             job_id=str(job.id), attempt=number, options=job.options, timeout=settings.AI_PROVIDER_TIMEOUT_SECONDS
         )
+        _release_connection()
         response = provider.generate(prompt=job.prompt, model=job.model, ctx=ctx)
         page = parse_page(response.text)
     except Exception as exc:  # every failure is classified; none escapes to RQ

@@ -67,6 +67,29 @@ def worker_states(conn) -> dict[str, int]:
     return states
 
 
+def worker_slots(conn) -> dict[str, int]:
+    """In-flight capacity of the live workers: a threaded worker reports its slots and how many are busy
+    (jobs.threaded_worker); any other worker is one slot, busy while its state is."""
+    keys = _registered(conn)
+    slots = {"busy": 0, "idle": 0}
+    if not keys:
+        return slots
+    pipe = conn.pipeline(transaction=False)
+    for key in keys:
+        pipe.hmget(key, "state", "last_heartbeat", "aipb_slots", "aipb_busy")
+    now = datetime.now(UTC)
+    for state, beat, total, busy in pipe.execute():
+        if not _alive(state, beat, now):
+            continue
+        if total is not None:
+            total, busy = int(total), min(int(busy or 0), int(total))
+        else:
+            total, busy = 1, int(as_text(state) == "busy")
+        slots["busy"] += busy
+        slots["idle"] += total - busy
+    return slots
+
+
 def workers_forget_gone(conn) -> list[str]:
     """Unregister the workers that stopped heart-beating (killed, or their host died): they leave RQ's sets
     and their hash is deleted. A worker that was only slow registers itself again at its next heartbeat

@@ -1,8 +1,8 @@
 """The project's RQ worker classes (settings.RQ["WORKER_CLASS"], env AI_WORKER_CLASS).
 
-AIPBWorker forks a work-horse per job (isolation, hard timeouts); AIPBSimpleWorker runs
-jobs in the worker process itself (no fork per job, persistent DB connection). Both keep
-Django's database connections honest around each job.
+AIPBThreadedWorker (jobs.threaded_worker, the default) runs up to AI_WORKER_THREADS attempts at once in one
+process; AIPBWorker forks a work-horse per job (isolation, hard timeouts); AIPBSimpleWorker runs one job at
+a time in the worker process itself. All keep Django's database connections honest around each job.
 """
 
 from __future__ import annotations
@@ -92,9 +92,15 @@ class ResilienceMixin:
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.sismember(self.redis_workers_keys, self.key)
             super().heartbeat(timeout, pipe)
+            if slots := self.slot_fields():
+                pipe.hset(self.key, mapping=slots)  # in-flight capacity, for ai_worker_slots
             listed = pipe.execute()[0]
         if not listed:
             self._register_again(timeout or self.worker_ttl + 60)
+
+    def slot_fields(self) -> dict:
+        """What a threaded worker adds to its hash (jobs.threaded_worker); one job at a time writes nothing."""
+        return {}
 
     def _register_again(self, ttl: int) -> None:
         with self.connection.pipeline() as pipe:

@@ -4,7 +4,8 @@ Their cost does not grow with the jobs or usage tables:
 
 - ``ai_queue_size{status}``: jobs.queues.queue_sizes, one pipelined round trip over RQ's lists and registries
   (the same count queue status shows);
-- ``ai_workers{state}``: jobs.redis_state.worker_states, one SUNION and one pipelined HGET per worker;
+- ``ai_workers{state}``: jobs.redis_state.worker_states, one SUNION and one pipelined HMGET per worker;
+- ``ai_worker_slots{state}``: jobs.redis_state.worker_slots, the same reads: busy and idle slots summed;
 - ``ai_jobs_validation_pass_rate``: one MGET of monitoring.validation_window's per-bucket counters;
 - ``ai_dlq_entries{status}``: a GROUP BY over the dead-letter table, which retention keeps
   at AI_DLQ_MAX_ENTRIES rows at most;
@@ -30,7 +31,7 @@ from aipb.redis_client import get_redis
 from aipb.views import build_info
 from dlq.selectors import dlq_counts
 from jobs.queues import QUEUE_STATUSES, queue_sizes, sizes_total
-from jobs.redis_state import WORKER_STATES, worker_states
+from jobs.redis_state import WORKER_STATES, worker_slots, worker_states
 from monitoring import validation_window
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ScrapeTimeCollector:
             conn = get_redis()
             sizes = sizes_total(queue_sizes(conn))
             workers = worker_states(conn)
+            slots = worker_slots(conn)
             rate = validation_window.pass_rate()
         except RedisError as exc:
             log.warning("metrics: Redis unreachable, queue/worker/validation gauges left out: %s", exc)
@@ -65,6 +67,12 @@ class ScrapeTimeCollector:
         family = GaugeMetricFamily("ai_workers", "RQ workers on the AI queues by state", labels=["state"])
         for state in WORKER_STATES:
             family.add_metric([state], workers[state])
+        yield family
+        family = GaugeMetricFamily(
+            "ai_worker_slots", "In-flight attempt slots of the live workers, busy or idle", labels=["state"]
+        )
+        for state in ("busy", "idle"):
+            family.add_metric([state], slots[state])
         yield family
         # No sample when nothing was validated in the window: there is no rate to report.
         family = GaugeMetricFamily(

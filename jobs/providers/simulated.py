@@ -73,8 +73,9 @@ class SimulatedProvider(Provider):
         error = sim.get("error") if failing else None
         request_id = f"sim-{hashlib.sha256(f'{ctx.job_id}:{ctx.attempt}'.encode()).hexdigest()[:16]}"
 
-        if error == "timeout":
-            # a provider that never answers: we give up at our own timeout
+        if error == "timeout" or latency > ctx.timeout:
+            # a provider that never answers, or answers after our timeout: we give up at the timeout, as the
+            # SDKs do (a thread of the threaded worker cannot be interrupted: the timeout is what bounds it)
             time.sleep(min(ctx.timeout, latency) if latency else 0)
             raise ProviderError("simulated: request timed out", provider=self.id, transport="timeout")
         if latency:

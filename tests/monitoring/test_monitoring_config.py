@@ -39,6 +39,9 @@ EXPORTED_METRICS = (
     "ai_dlq_entries",
     "ai_rate_limit_wait_total",
     "ai_workers",
+    "ai_worker_slots",
+    "ai_database_up",
+    "ai_redis_up",
     "ai_build_info",
 )
 HISTOGRAM_METRICS = ("ai_jobs_processing_duration_seconds",)
