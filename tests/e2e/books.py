@@ -19,7 +19,7 @@ and raises AssertionError listing every discrepancy:
 With the /metrics text of the drill's web app it also compares counters with rows:
 ``ai_jobs_total`` by status with succeeded jobs, dead letters (one per death, also of a job retried
 since) and canceled jobs,
-``ai_jobs_attempts_total`` for outcomes succeeded and failed with attempts by outcome,
+``ai_jobs_attempts_total`` for outcomes succeeded, failed and abandoned with attempts by outcome,
 ``ai_llm_tokens_total`` (prompt, completion) with the TokenUsage sums, and the scrape-time gauge
 ``ai_dlq_entries{status="open"}`` with open entries. Counters are written after the attempt's
 transaction commits, so a process SIGKILLed between the commit and the increment loses that
@@ -221,7 +221,8 @@ def _check_metrics(books: Books, text: str, slack: int, usage: dict, problems: l
     ):
         name = f"ai_jobs_total{{status={status}}}"
         compared.append((name, metric_sum(text, "ai_jobs_total", status=status), database, slack))
-    for outcome in (AttemptOutcome.SUCCEEDED, AttemptOutcome.FAILED):
+    # abandoned too: lease recovery counts the attempts it takes back (jobs.accounting), exactly once
+    for outcome in (AttemptOutcome.SUCCEEDED, AttemptOutcome.FAILED, AttemptOutcome.ABANDONED):
         name = f"ai_jobs_attempts_total{{outcome={outcome}}}"
         compared.append(
             (name, metric_sum(text, "ai_jobs_attempts_total", outcome=outcome), books.attempts.get(outcome, 0), slack)
