@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 T = TypeVar("T")
 
@@ -40,6 +40,33 @@ FAST_COMMAND_SECONDS = 2.0
 
 class RedisSkipped(RedisConnectionError):
     """best_effort() did not try: Redis failed moments ago (the circuit is open)."""
+
+
+class FailoverFollowingConnection(SentinelManagedConnection):
+    """A connection to the Sentinels' master that asks them where the master is on every socket it opens.
+
+    redis-py (8.1; redis/redis-py#3874) asks only in connect(), when a command takes a connection from the pool. A
+    command that was in flight when the master died retries on the same connection, and its reconnects go to the
+    address the connection already had: the Sentinel failover drill (tests/e2e/test_sentinel_failover.py) saw
+    workers dial the dead master for their whole retry budget (~70 s) while the Sentinels had promoted the replica
+    in 3 s, then give up. Asking on each socket costs one Sentinel round trip per new connection, never per command.
+    """
+
+    def _connect(self):
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()  # MasterNotFoundError is retried
+        return super()._connect()
+
+
+def follow_failovers(client: redis.Redis) -> None:
+    """Make a Sentinel client built elsewhere (django-rq's, for the RQ workers) open its connections with
+    FailoverFollowingConnection; a client of a plain Redis URL is left as it is. Call it before the client is
+    shared: connections it already made are dropped (a command holding one would be cut off)."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool) and pool.connection_class is not FailoverFollowingConnection:
+        pool.connection_class = FailoverFollowingConnection
+        pool.disconnect()
+        pool.reset()
 
 
 def _build(*, fail_fast: bool = False) -> redis.Redis:
@@ -59,7 +86,9 @@ def _build(*, fail_fast: bool = False) -> redis.Redis:
         }
     if settings.REDIS_SENTINELS:
         sentinel = Sentinel(settings.REDIS_SENTINELS, socket_timeout=settings.REDIS_SOCKET_TIMEOUT)
-        return sentinel.master_for(settings.REDIS_SENTINEL_MASTER, **common)
+        return sentinel.master_for(
+            settings.REDIS_SENTINEL_MASTER, connection_class=FailoverFollowingConnection, **common
+        )
     return redis.Redis.from_url(settings.REDIS_URL, **common)
 
 

@@ -20,6 +20,7 @@ from rq.worker import SimpleWorker, Worker
 
 import jobs.rq_jobs  # noqa: F401  (imported before the first fork, so work-horses inherit it)
 from aipb import prometheus_multiprocess as multiprocess
+from aipb.redis_client import follow_failovers
 from jobs.providers import preload
 
 # Connections a work-horse inherited from its parent. Closing one in the child would end
@@ -62,6 +63,9 @@ class ResilienceMixin:
       heartbeat while a job runs, the state update after it) ends the worker with "unhandled
       exception, quitting". Every command on the worker's connection (and its scheduler's and
       work-horses', which copy it) now retries connection errors with backoff for about a minute.
+      Behind Sentinel, those retries went to the dead master until the minute was up (redis-py asks the
+      Sentinels only when a command takes a new connection): the connection now asks them on each reconnect
+      (aipb.redis_client.follow_failovers), so the worker is back as soon as the replica is promoted.
     - a worker killed while holding RQ's scheduler lock (the scheduler moves delayed retries onto
       the queues): the lock outlives it by a minute, and the others try to take it over only in
       their maintenance, every 10 minutes, while an idle worker blocks in BLPOP for up to
@@ -79,6 +83,7 @@ class ResilienceMixin:
         kwargs.setdefault("maintenance_interval", self.CHECK_SECONDS)
         super().__init__(*args, **kwargs)
         self.connection.set_retry(self.REDIS_RETRY)
+        follow_failovers(self.connection)
 
     @property
     def dequeue_timeout(self) -> int:

@@ -293,10 +293,11 @@ class Servers:
 
 
 @contextmanager
-def private_servers():
-    """Start a private Postgres and Redis (for one test module); stop them and remove the temp dir after."""
+def private_servers(servers_class: type[Servers] = Servers):
+    """Start a private Postgres and Redis (for one test module); stop them and remove the temp dir after.
+    ``servers_class``: a Servers with other stores (tests/e2e/sentinel.py: Redis behind Sentinel)."""
     root = Path(tempfile.mkdtemp(prefix="aipb-drill-", dir="/tmp"))  # short: unix socket paths are limited
-    s = Servers(root)
+    s = servers_class(root)
     try:
         s.start()
         yield s
