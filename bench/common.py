@@ -101,7 +101,7 @@ def setup_django() -> None:
 
 
 def reset_state() -> None:
-    """Empty the tables the benchmarks fill and the RQ / aipb keys of the benchmark Redis database."""
+    """Empty the tables the benchmarks fill and the RQ / aipb / cache keys of the benchmark Redis database."""
     from django.db import connection
 
     from aipb.redis_client import get_redis
@@ -111,7 +111,7 @@ def reset_state() -> None:
             "TRUNCATE usage_tokenusage, dlq_deadletter, jobs_jobattempt, jobs_aijob RESTART IDENTITY CASCADE"
         )
     conn = get_redis()
-    for pattern in ("rq:*", "aipb:*"):
+    for pattern in ("rq:*", "aipb:*", "aipb-cache:*"):  # the cache: the submission throttle's counts
         batch = []
         for key in conn.scan_iter(match=pattern, count=5000):
             batch.append(key)

@@ -21,6 +21,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connection errors and non-2xx answers
+    warmup_requests: int = 0  # answered during the warm-up (not in the figures; the server's CPU covers them)
     seconds: float = 0.0
     client_cpu_s: float = 0.0
     samples: list[str] = field(default_factory=list)  # a few error bodies, to say what went wrong
@@ -53,6 +54,7 @@ def _thread(host, port, headers, plan, offset, stride, warmup_until, end, out: R
             status, payload = 0, str(exc).encode()
         elapsed = (time.perf_counter() - t) * 1000
         if t < warmup_until:
+            local.warmup_requests += 1
             continue
         local.latencies_ms.append(elapsed)
         local.statuses[status] = local.statuses.get(status, 0) + 1
@@ -64,6 +66,7 @@ def _thread(host, port, headers, plan, offset, stride, warmup_until, end, out: R
     with lock:
         out.latencies_ms += local.latencies_ms
         out.errors += local.errors
+        out.warmup_requests += local.warmup_requests
         out.samples += local.samples[: max(0, 3 - len(out.samples))]
         for k, v in local.statuses.items():
             out.statuses[k] = out.statuses.get(k, 0) + v
@@ -94,6 +97,7 @@ def _process(args) -> dict:
         "latencies_ms": out.latencies_ms,
         "statuses": out.statuses,
         "errors": out.errors,
+        "warmup_requests": out.warmup_requests,
         "samples": out.samples,
         "cpu": usage.ru_utime + usage.ru_stime,
     }
@@ -119,6 +123,7 @@ def run(
     for part in parts:
         result.latencies_ms += part["latencies_ms"]
         result.errors += part["errors"]
+        result.warmup_requests += part["warmup_requests"]
         result.client_cpu_s += part["cpu"]
         result.samples += part["samples"][: max(0, 3 - len(result.samples))]
         for k, v in part["statuses"].items():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
+from aipb.api import PreparedGet
 from aipb.exceptions import NotFound
 from jobs.models import AIJob, JobAttempt, JobStatus
 
@@ -24,16 +25,24 @@ def job_list(*, user: AbstractBaseUser, filters: dict | None = None) -> QuerySet
     return qs.order_by("-created_at", "-id")
 
 
+# A job with its owner, by id (staff) or by id and owner: one join each, its SQL written once per process.
+_JOB = PreparedGet(AIJob, related="owner", where=("id",))
+_OWN_JOB = PreparedGet(AIJob, related="owner", where=("id", "owner"))
+
+
 def job_get(*, user: AbstractBaseUser, job_id: object, with_attempts: bool = True) -> AIJob:
-    qs = AIJob.objects.select_related("owner")
-    if with_attempts:
-        qs = qs.prefetch_related("attempt_set")
-    if not user.is_staff:
-        qs = qs.filter(owner=user)
+    """The job with its owner and, with_attempts, its attempts fetched: not when it never had one (``attempts``
+    counts every attempt of its life, each JobAttempt row is one of them), which saves a queued job's poll a
+    query; reading ``attempt_set`` then still answers, by asking."""
     try:
-        return qs.get(id=job_id)
-    except (AIJob.DoesNotExist, ValueError):
-        raise NotFound(f"job {job_id} not found") from None
+        job = _JOB.get(id=job_id) if user.is_staff else _OWN_JOB.get(id=job_id, owner=user)
+    except ValueError:
+        job = None
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if with_attempts and job.attempts:
+        prefetch_related_objects([job], "attempt_set")
+    return job
 
 
 def job_metrics(*, since, until=None) -> dict:
