@@ -86,6 +86,15 @@ def database_unavailable_body() -> dict:
     return error_body("service_unavailable", "the database is unavailable; try again shortly")
 
 
+def server_error_body(request_id: str) -> dict:
+    """An /api/ 500 (aipb.middleware.RequestIdMiddleware): nothing about the bug, the id that finds it in the logs."""
+    return error_body(
+        "server_error",
+        f"internal server error; quote request id {request_id} when you report it",
+        {"request_id": request_id},
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DATABASE_UNAVAILABLE):
         response = Response(database_unavailable_body(), status=status.HTTP_503_SERVICE_UNAVAILABLE)
@@ -102,7 +111,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied()
     response = exception_handler(exc, context)
     if response is None:
-        return None  # a real server error: Django's 500 handling and logging
+        return None  # a real server error: aipb.middleware.RequestIdMiddleware logs it and answers the 500
     error_type = next((name for cls, name in _TYPES.items() if isinstance(exc, cls)), "error")
     detail = response.data
     details = detail if isinstance(exc, exceptions.ValidationError) else None

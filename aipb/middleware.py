@@ -1,16 +1,79 @@
-"""Request guards: oversized API bodies refused before anything reads them (DRF streams past Django's own
-limit); a database outage answered with a 503 instead of a 500 page outside DRF's views too."""
+"""Request guards: a request id on every request, its log lines and an /api/ 500 in the error shape; oversized
+API bodies refused before anything reads them (DRF streams past Django's own limit); a database outage
+answered with a 503 instead of a 500 page outside DRF's views too."""
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 
-from aipb.exceptions import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE, database_unavailable_body, error_body
+from aipb.exceptions import (
+    DATABASE_RETRY_AFTER_SECONDS,
+    DATABASE_UNAVAILABLE,
+    database_unavailable_body,
+    error_body,
+    server_error_body,
+)
+from aipb.logs import request_id_var
 
 log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A proxy's or caller's id is kept when it is a plain token; anything else (a log-line forgery, a megabyte)
+# gets a fresh one.
+_INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Each request gets an id (the caller's X-Request-ID when it is a plain token, else a new one): every line
+    logged while it is served carries it (aipb.logs), the response returns it in X-Request-ID, and an /api/ 500
+    answers in the error shape with it, so a caller's report finds the traceback in the logs."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        request.request_id = incoming if _INCOMING_ID.fullmatch(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request.request_id)
+        try:
+            response = self.get_response(request)
+            if response.status_code == 500 and request.path.startswith("/api/") and not _is_json(response):
+                # a 500 raised outside the view (a middleware below this one): Django rendered its HTML page
+                # and logged the traceback already; the caller still gets the error shape
+                response = _server_error(request)
+        finally:
+            request_id_var.reset(token)
+        response[REQUEST_ID_HEADER] = request.request_id
+        return response
+
+    def process_exception(self, request, exception):
+        """Last of the process_exception hooks (it is the first middleware of ours): what reaches it is a bug."""
+        if not request.path.startswith("/api/"):
+            return None  # Django's own 500 page (and its log line, with the request id)
+        log.error(
+            "unhandled %s on %s %s",
+            exception.__class__.__name__,
+            request.method,
+            request.path,
+            exc_info=(type(exception), exception, exception.__traceback__),
+        )
+        return _server_error(request)
+
+
+def _is_json(response) -> bool:
+    return response.get("Content-Type", "").startswith("application/json")
+
+
+def _server_error(request) -> JsonResponse:
+    response = JsonResponse(server_error_body(request.request_id), status=500)
+    # Django logs every 5xx response once more, without the traceback; the line above has it
+    response._has_been_logged = True
+    return response
 
 
 class ApiBodySizeLimitMiddleware:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -49,11 +50,13 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: /api/docs/ works with no network
     "django_rq",
     "django_prometheus",
+    "axes",  # login throttling (see AXES_* below)
     "aipb",
     "jobs",
     "dlq",
     "usage",
     "monitoring",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -63,6 +66,7 @@ MIDDLEWARE = [
     # sessions and auth run, so a stylesheet costs no database query
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
+    "aipb.middleware.RequestIdMiddleware",  # first of ours: every later line of the request carries its id
     "aipb.middleware.ApiBodySizeLimitMiddleware",
     "aipb.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -72,6 +76,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # last, so it is the first to see the response: a locked-out admin login becomes axes' 429
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "aipb.urls"
@@ -113,6 +119,11 @@ if DATABASE_POOL_MAX_SIZE:
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": DATABASE_POOL_MAX_SIZE, "timeout": 30}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTHENTICATION_BACKENDS = [
+    # first: refuses a locked-out username+address before any password is checked
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -181,6 +192,8 @@ if REDIS_SENTINELS:
         "MASTER_NAME": REDIS_SENTINEL_MASTER,
         "DB": 0,
         "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+        # django-rq passes none otherwise: a Sentinel that hangs (not dies) would block a worker's reconnect
+        "SENTINEL_KWARGS": {"socket_timeout": REDIS_SOCKET_TIMEOUT},
     }
 else:
     _rq_connection = {
@@ -208,7 +221,7 @@ RQ_SHOW_ADMIN_LINK = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "aipb.api.TokenAuthentication",  # DRF's, its query compiled once per process
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -219,6 +232,25 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_RATES": {"submit": env_str("AI_SUBMIT_THROTTLE_RATE", "6000/min")},
 }
+# Login throttling (django-axes, aipb.login_throttle): a username+address pair is locked out after this many
+# consecutive failures on /admin/login/ and POST /api/auth/token, for the lockout time or until an operator
+# resets it (`manage.py axes_reset_ip_username IP USERNAME`). Counts live in Postgres, shared by every process.
+AIPB_LOGIN_FAILURE_LIMIT = env_int("AIPB_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AIPB_LOGIN_LOCKOUT_MINUTES = env_int("AIPB_LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
+# Reverse proxies in front of the app that append to X-Forwarded-For: the client address is the one the
+# outermost of them saw. 0 trusts no header (a client could write any address there).
+AIPB_TRUSTED_PROXY_COUNT = env_int("AIPB_TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_FAILURE_LIMIT = AIPB_LOGIN_FAILURE_LIMIT
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # neither alone: one address cannot lock out a user
+AXES_COOLOFF_TIME = timedelta(minutes=AIPB_LOGIN_LOCKOUT_MINUTES)
+AXES_RESET_ON_SUCCESS = True
+# Guesses during a lockout are refused unchecked and do not restart it, so Retry-After is the truth.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_CLIENT_IP_CALLABLE = "aipb.login_throttle.client_ip"
+AXES_DISABLE_ACCESS_LOG = True  # a row per successful login that nothing prunes; last_login is kept anyway
+AXES_VERBOSE = False  # no start-up banner on every manage.py command
+REST_FRAMEWORK["NUM_PROXIES"] = AIPB_TRUSTED_PROXY_COUNT  # DRF's throttles see the same client address
+
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
 
@@ -309,11 +341,25 @@ SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 
+# plain: "<time> <level> <logger> <pid> <message> request_id=…"; json: one object a line (aipb.logs)
+AIPB_LOG_FORMAT = env_str("AIPB_LOG_FORMAT", "plain").lower()
+if AIPB_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"AIPB_LOG_FORMAT must be plain or json, not {AIPB_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "request_id": {"()": "aipb.logs.RequestIdFilter"},
+        "rq_delivery_chatter": {"()": "aipb.logs.RQDeliveryChatterFilter"},
+    },
+    "formatters": {"plain": {"()": "aipb.logs.PlainFormatter"}, "json": {"()": "aipb.logs.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": AIPB_LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "rq.worker": {"filters": ["rq_delivery_chatter"]},
+    },
 }

@@ -10,16 +10,18 @@ from django.http import JsonResponse
 from django.views.csrf import csrf_failure as default_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import parsers, serializers
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import parsers, serializers, status
+from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aipb.api import JSONParser, error_responses
-from aipb.exceptions import error_body
+from aipb import login_throttle
+from aipb.api import ErrorSerializer, JSONParser, error_responses
+from aipb.exceptions import ServiceError, error_body
 
 
 @lru_cache(maxsize=1)
@@ -72,11 +74,56 @@ def csrf_failure(request, reason: str = ""):
     return default_csrf_failure(request, reason=reason)
 
 
+class LoginLockedOut(ServiceError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_type = "locked_out"
+
+
+class AuthTokenInput(AuthTokenSerializer):
+    # Bounded like the user model's field: axes keeps the name it counts (255 characters at most), and a
+    # password a megabyte long would cost a megabyte of hashing for nothing.
+    username = serializers.CharField(label="Username", max_length=150, write_only=True)
+    password = serializers.CharField(
+        label="Password", max_length=4096, style={"input_type": "password"}, trim_whitespace=False, write_only=True
+    )
+
+    def validate(self, attrs):
+        self.username = attrs.get("username")  # the name axes counts, for the answer to a locked-out pair
+        return super().validate(attrs)
+
+
+LOCKED_OUT_RESPONSE = OpenApiResponse(
+    response=ErrorSerializer,
+    description="too many failed logins for this username from this address (type locked_out): wait Retry-After "
+    "seconds, or ask an operator to reset the lockout; the password is not checked meanwhile",
+)
+
+
 class AuthTokenApi(ObtainAuthToken):
-    """DRF's token view (username and password in, the user's API token out), with its errors documented."""
+    """DRF's token view (username and password in, the user's API token out), behind django-axes' lockout."""
 
     parser_classes = (parsers.FormParser, parsers.MultiPartParser, JSONParser)
+    serializer_class = AuthTokenInput
 
-    @extend_schema(responses={200: AuthTokenSerializer, **error_responses(400, 413, 415)})
+    @extend_schema(
+        request=AuthTokenInput,
+        responses={200: AuthTokenSerializer, 429: LOCKED_OUT_RESPONSE, **error_responses(400, 413, 415)},
+    )
     def post(self, request, *args, **kwargs):
-        return super().post(request, *args, **kwargs)
+        serializer = self.get_serializer(data=request.data)
+        try:
+            serializer.is_valid(raise_exception=True)
+        except serializers.ValidationError:
+            # axes marks the request when the pair was locked (authenticate refused it before any password
+            # check) or when this failure reached the limit: either way the client must wait, not guess on
+            if getattr(request, "axes_locked_out", False):
+                seconds = login_throttle.seconds_left(request, username=serializer.username)
+                raise LoginLockedOut(
+                    f"too many failed logins for this username from this address; try again in {seconds} seconds",
+                    details={"retry_after": seconds, "failure_limit": settings.AXES_FAILURE_LIMIT},
+                    retry_after=seconds,
+                ) from None
+            raise
+        login_throttle.login_succeeded(request, username=serializer.username)
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})

@@ -1,4 +1,5 @@
-"""DeadLetter in the Django admin: filters, search by job id or message, retry / discard, stats on top.
+"""DeadLetter in the Django admin: filters, search by job id or message, retry / discard, stats on top; on an
+entry's own page retry / discard buttons (each with a confirmation step) and links to its job and usage rows.
 
 Like the API, the dead-letter queue is for staff: every active staff user may see it and act on it.
 Entries are never edited or deleted by hand; retention and the two actions are the only writes.
@@ -11,13 +12,19 @@ import uuid
 
 from django.contrib import admin, messages
 from django.db.models import Q
-from django.urls import NoReverseMatch, reverse
+from django.http import Http404
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from aipb.admin_mixins import StaffReadOnlyMixin
+from aipb.admin_mixins import StaffReadOnlyMixin, badge, timestamp, timestamp_column
 from aipb.exceptions import ServiceError
+from audit.models import AuditSource
+from audit.records import Actor
 from dlq import selectors, services
-from dlq.models import DeadLetter
+from dlq.models import DeadLetter, DeadLetterStatus
+from usage.models import TokenUsage
 
 ATTEMPT_COLUMNS = (
     ("number", "#"),
@@ -33,20 +40,32 @@ ATTEMPT_COLUMNS = (
 )
 
 
+STATUS_COLOURS = {
+    DeadLetterStatus.OPEN: "#c0392b",
+    DeadLetterStatus.RETRIED: "#2b7bb9",
+    DeadLetterStatus.DISCARDED: "#7f8c8d",
+}
+# The buttons of an open entry's page, and what each does (said on its confirmation page).
+ENTRY_BUTTONS = {
+    "retry": "Retry: the job goes back on the queue with a fresh budget of attempts; this entry becomes retried.",
+    "discard": "Discard: the entry is closed and the job stays dead.",
+}
+
+
 @admin.register(DeadLetter)
 class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "job_uuid",
-        "status",
+        "status_badge",
         "error_type",
         "retryable",
         "attempts",
         "provider",
         "model",
         "short_message",
-        "created_at",
-        "resolved_at",
+        "created_at_s",
+        "resolved_at_s",
     )
     list_display_links = ("id", "job_uuid")
     list_filter = ("status", "error_type", "provider", "retryable")
@@ -59,20 +78,23 @@ class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     fields = (
         "id",
         "job_link",
-        "status",
+        "usage_rows",
+        "status_badge",
         "error_type",
         "retryable",
         "attempts",
         "provider",
         "model",
         "error_message",
-        "created_at",
-        "resolved_at",
+        "created_at_s",
+        "resolved_at_s",
         "job_input",
         "attempt_history",
         "snapshot",
     )
     readonly_fields = fields
+    created_at_s = timestamp_column("created_at", "created")
+    resolved_at_s = timestamp_column("resolved_at", "resolved")
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)
@@ -102,9 +124,10 @@ class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
 
     def _apply(self, request, queryset, verb: str, action) -> None:
         done, refused = 0, []
+        actor = Actor.of_request(request, source=AuditSource.ADMIN)
         for pk in queryset.order_by("id").values_list("id", flat=True):
             try:
-                action(entry_id=pk)
+                action(entry_id=pk, actor=actor)
                 done += 1
             except ServiceError as exc:
                 refused.append(exc.message)
@@ -125,7 +148,71 @@ class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     def discard_selected(self, request, queryset):
         self._apply(request, queryset, "discarded", services.dlq_discard)
 
+    # --- an entry's own page: retry / discard, each confirmed first ---
+
+    def get_urls(self):
+        button = self.admin_site.admin_view(self.button_view)
+        return [path("<path:object_id>/do/<str:action>/", button, name="dlq_deadletter_button"), *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        entry = self.get_object(request, object_id)
+        buttons = []
+        if entry is not None and entry.status == DeadLetterStatus.OPEN:
+            buttons = [
+                {"action": action, "url": reverse("admin:dlq_deadletter_button", args=[entry.pk, action])}
+                for action in ENTRY_BUTTONS
+                if action != "retry" or entry.job_id is not None  # a deleted job cannot be retried
+            ]
+        extra_context = {**(extra_context or {}), "entry_buttons": buttons}
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+
+    def button_view(self, request, object_id, action):
+        """GET: what the button will do, and a form to do it; POST (the admin's CSRF check): do it."""
+        entry = self.get_object(request, object_id)
+        if entry is None or action not in ENTRY_BUTTONS:
+            raise Http404(f"no dead letter {object_id} or no button {action!r}")
+        change_url = reverse("admin:dlq_deadletter_change", args=[entry.pk])
+        if request.method == "POST":
+            service = services.dlq_retry if action == "retry" else services.dlq_discard
+            try:
+                service(
+                    entry_id=entry.pk,
+                    actor=Actor.of_request(request, source=AuditSource.ADMIN),
+                    reason=request.POST.get("reason", "").strip(),
+                )
+            except ServiceError as exc:  # resolved meanwhile, the job deleted, or the reason refused
+                self.message_user(request, f"Not done: {exc.message}", messages.WARNING)
+            else:
+                self.message_user(request, f"Dead letter {entry.pk}: {action} done.", messages.SUCCESS)
+            return redirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{action.capitalize()} dead letter {entry.pk}?",
+            "object": entry,
+            "object_url": change_url,
+            "what": ENTRY_BUTTONS[action],
+            "state": f"The entry is {entry.status}; its job {entry.job_uuid} died with {entry.error_type} "
+            f"at {timestamp(entry.created_at)}.",
+            "action": action,
+        }
+        return TemplateResponse(request, "admin/object_action_confirm.html", context)
+
     # --- display ---
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: DeadLetter) -> str:
+        return badge(obj.status, STATUS_COLOURS.get(obj.status, "#555"))
+
+    @admin.display(description="usage rows")
+    def usage_rows(self, obj: DeadLetter):
+        if obj.job_id is None:
+            return "-"
+        count = TokenUsage.objects.filter(job_id=obj.job_id).count()
+        if not count:
+            return "none (no provider call returned usage)"
+        url = reverse("admin:usage_tokenusage_changelist") + f"?job={obj.job_id}"
+        return format_html('<a href="{}">{} provider call{} of the job</a>', url, count, "" if count == 1 else "s")
 
     @admin.display(description="message")
     def short_message(self, obj: DeadLetter) -> str:

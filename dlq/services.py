@@ -1,6 +1,8 @@
 """DLQ operator actions: retry (one, or every open entry matching filters) and discard.
 
 Orchestration: a retry puts the job back through jobs.actions.job_retry, which resolves the job's entries.
+Every change an operator makes is written to the audit trail (one entry for a bulk retry) when the
+interface says who acts (``actor``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from aipb.exceptions import Conflict, NotFound, ServiceError
+from audit.models import AuditAction
+from audit.records import Actor, audit_record, capped, reason_checked
 from dlq.models import DeadLetter, DeadLetterStatus
 from dlq.selectors import dlq_filter, entry_pk
 from jobs.actions import job_retry
@@ -23,8 +27,9 @@ BULK_RETRY_BATCH = 200
 
 
 @transaction.atomic
-def dlq_retry(*, entry_id: object) -> tuple[DeadLetter, AIJob]:
+def dlq_retry(*, entry_id: object, actor: Actor | None = None, reason: str = "") -> tuple[DeadLetter, AIJob]:
     """Put an open entry's job back on the queue with a fresh attempt budget; the entry becomes retried."""
+    reason = reason_checked(reason)
     pk = entry_pk(entry_id)
     # The row lock makes two concurrent retries of one entry queue the job once: the second sees `retried`.
     entry = DeadLetter.objects.select_for_update().filter(id=pk).first()
@@ -41,6 +46,15 @@ def dlq_retry(*, entry_id: object) -> tuple[DeadLetter, AIJob]:
         status=DeadLetterStatus.RETRIED, resolved_at=timezone.now()
     )
     entry.refresh_from_db()
+    if actor is not None:
+        audit_record(
+            actor=actor,
+            action=AuditAction.DLQ_RETRY,
+            target_type="dead_letter",
+            target_id=entry.id,
+            reason=reason,
+            details={"job_id": job.id, "owner": job.owner.get_username(), "error_type": entry.error_type},
+        )
     return entry, job
 
 
@@ -53,11 +67,13 @@ class BulkRetryResult:
         return {"retried": self.retried, "skipped": self.skipped}
 
 
-def dlq_retry_bulk(*, filters: dict | None = None) -> BulkRetryResult:
+def dlq_retry_bulk(*, filters: dict | None = None, actor: Actor | None = None, reason: str = "") -> BulkRetryResult:
     """Retry every open entry matching the filters, each in its own transaction (one bad entry stops nothing)."""
+    reason = reason_checked(reason)
     filters = {key: value for key, value in (filters or {}).items() if key != "status"}
     open_entries = dlq_filter(DeadLetter.objects.filter(status=DeadLetterStatus.OPEN), filters)
     result = BulkRetryResult(retried=0, skipped=0)
+    retried: list[int] = []
     last_id = 0
     while True:
         batch = list(open_entries.filter(id__gt=last_id).order_by("id").values_list("id", flat=True)[:BULK_RETRY_BATCH])
@@ -65,17 +81,29 @@ def dlq_retry_bulk(*, filters: dict | None = None) -> BulkRetryResult:
             try:
                 dlq_retry(entry_id=pk)
                 result.retried += 1
+                retried.append(pk)
             except ServiceError as exc:
                 log.info("bulk retry skipped dead letter %s: %s", pk, exc.message)
                 result.skipped += 1
         if len(batch) < BULK_RETRY_BATCH:
-            return result
+            break
         last_id = batch[-1]
+    if actor is not None and retried:
+        with transaction.atomic():
+            audit_record(
+                actor=actor,
+                action=AuditAction.DLQ_RETRY_BULK,
+                target_type="dead_letter",
+                reason=reason,
+                details={**result.as_dict(), "filters": filters, "entry_ids": capped(retried)},
+            )
+    return result
 
 
 @transaction.atomic
-def dlq_discard(*, entry_id: object) -> DeadLetter:
+def dlq_discard(*, entry_id: object, actor: Actor | None = None, reason: str = "") -> DeadLetter:
     """open → discarded: the operator has seen it and decided the job stays dead."""
+    reason = reason_checked(reason)
     pk = entry_pk(entry_id)
     updated = DeadLetter.objects.filter(id=pk, status=DeadLetterStatus.OPEN).update(
         status=DeadLetterStatus.DISCARDED, resolved_at=timezone.now()
@@ -85,4 +113,13 @@ def dlq_discard(*, entry_id: object) -> DeadLetter:
         raise NotFound(f"dead letter {pk} not found")
     if not updated:
         raise Conflict(f"dead letter {pk} is {entry.status}; only open entries can be discarded")
+    if actor is not None:
+        audit_record(
+            actor=actor,
+            action=AuditAction.DLQ_DISCARD,
+            target_type="dead_letter",
+            target_id=entry.id,
+            reason=reason,
+            details={"job_id": entry.job_uuid, "error_type": entry.error_type},
+        )
     return entry

@@ -1,20 +1,36 @@
 """The one place that counts how attempts and jobs end, whoever ended them (a worker, lease recovery, an
-operator): attempts by outcome, errors, retries, tokens and cost, and entries into a final state.
+operator): attempts by outcome, errors, retries, tokens and cost, and entries into a final state; and the
+log line of each (one per attempt's end, one per retry scheduled, death or rate-limit wait; aipb.logs).
 
-Called after the transaction that recorded the end has committed, so a rolled-back change is never counted,
-and the counters equal the rows they describe (tests/e2e/books.py holds the drills to that).
+Called after the transaction that recorded the end has committed, so a rolled-back change is never counted
+or logged, and the counters equal the rows they describe (tests/e2e/books.py holds the drills to that).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 
+from aipb.logs import log_event
 from jobs.errors import Classified
-from jobs.models import JobStatus
+from jobs.models import AttemptOutcome, JobStatus
 from jobs.providers.base import Usage
 from jobs.transitions import AttemptRecord
 from monitoring import metrics
+
+log = logging.getLogger(__name__)
+
+
+def job_claimed(*, provider: str, priority: str, attempt: int, created_at: datetime, started_at: datetime) -> None:
+    """A worker claimed a job. Its first attempt observes how long the job waited for a worker since it was
+    submitted; a retry's due time (next_attempt_at) is gone from the row the claim returns, so retries are not
+    observed."""
+    if attempt == 1:
+        metrics.queue_wait_observed(
+            provider=provider, priority=priority, seconds=max((started_at - created_at).total_seconds(), 0.0)
+        )
 
 
 def attempt_ended(
@@ -26,10 +42,27 @@ def attempt_ended(
     outcome: str | None,
     error: Classified | None,
     status: str | None,
+    job_id: object = None,
+    cost: Decimal | None = None,
+    delay: float | None = None,
+    dead_letter_id: int | None = None,
 ) -> None:
     """One attempt's end. `status` is the job's new state when this end changed it (None: it did not);
     `outcome` None: the attempt was counted already (lease recovery took it back before its worker finished;
-    the worker still brings its output's validation and usage, counted here as recorded in its rows)."""
+    the worker still brings its output's validation and usage, counted here as recorded in its rows).
+    For the log only: `cost` of its provider call, the retry's `delay`, a death's `dead_letter_id`."""
+    _log_attempt(
+        job_id=job_id,
+        provider=provider,
+        model=model,
+        record=record,
+        outcome=outcome,
+        error=error,
+        status=status,
+        cost=cost,
+        delay=delay,
+        dead_letter_id=dead_letter_id,
+    )
     if outcome is not None:
         metrics.attempt_finished(
             provider=provider, model=model, outcome=outcome, seconds=seconds, error_type=error.type if error else ""
@@ -40,6 +73,52 @@ def attempt_ended(
         metrics.retry_scheduled(provider=provider, model=model)
     elif status is not None:
         job_ended(provider=provider, model=model, status=status)
+
+
+def _log_attempt(*, job_id, provider, model, record, outcome, error, status, cost, delay, dead_letter_id) -> None:
+    usage = record.usage or Usage()
+    log_event(
+        log,
+        "attempt_ended",
+        job_id=job_id,
+        attempt=record.number,
+        provider=provider,
+        model=model,
+        # None: the attempt was ended and counted as abandoned already (lease recovery took the job back, and
+        # this is its worker coming back late with the call's tokens and latency)
+        outcome=outcome or f"{AttemptOutcome.ABANDONED} (already counted)",
+        error_type=error.type if error else "",
+        latency_ms=record.latency_ms,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        cost_usd=cost,
+        status=status,
+    )
+    if status == JobStatus.RETRYING:
+        log_event(
+            log,
+            "retry_scheduled",
+            job_id=job_id,
+            attempt=record.number,
+            provider=provider,
+            model=model,
+            error_type=error.type if error else "",
+            delay_seconds=None if delay is None else round(delay, 3),
+        )
+    elif status == JobStatus.DEAD:
+        log_event(
+            log,
+            "job_dead",
+            level=logging.WARNING,
+            job_id=job_id,
+            attempts=record.number,
+            provider=provider,
+            model=model,
+            error_type=error.type if error else "",
+            error_message=(error.message if error else "")[:300],
+            dead_letter_id=dead_letter_id,
+        )
 
 
 def usage_counted(*, provider: str, model: str, usage: Usage, cost: Decimal | None, priced: bool) -> None:
@@ -68,5 +147,13 @@ def jobs_canceled(rows: Iterable[tuple[str, str]]) -> None:
         job_ended(provider=provider, model=model, status=JobStatus.CANCELED)
 
 
-def delivery_throttled(*, provider: str) -> None:
+def delivery_throttled(*, provider: str, job_id: object = None, delay: float | None = None) -> None:
+    """A delivery found no rate-limit token and was put back `delay` seconds later, its attempt budget untouched."""
     metrics.rate_limited(provider=provider)
+    log_event(
+        log,
+        "rate_limit_wait",
+        job_id=job_id,
+        provider=provider,
+        delay_seconds=None if delay is None else round(delay, 3),
+    )

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
@@ -24,11 +24,13 @@ from aipb.api import (
     parse_body,
     parse_query,
 )
+from audit.models import AuditSource
+from audit.records import Actor
 from jobs import actions, queue_control, selectors
 from jobs.catalogue import PROVIDER_IDS, providers_status
 from jobs.errors import ErrorType
 from jobs.models import MAX_ATTEMPTS_LIMIT, JobStatus, Priority
-from jobs.serializers import JobOutputSerializer, JobSummarySerializer
+from jobs.serializers import JobOutputSerializer, JobSummarySerializer, job_output
 from jobs.submission import job_submit
 from jobs.throttles import SubmitThrottle
 
@@ -84,27 +86,34 @@ class JobListCreateApi(APIView):
         if key is not None and "\x00" in key:  # PostgreSQL text cannot hold NUL
             raise serializers.ValidationError({"Idempotency-Key": ["must not contain NUL characters"]})
         job, created = job_submit(owner=request.user, idempotency_key=key, **fields)
-        job = selectors.job_get(user=request.user, job_id=job.id)
-        return Response(
-            JobOutputSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        )
+        if created:  # the row as inserted: its owner is request.user, it has no attempts yet
+            return Response(job_output(job), status=status.HTTP_201_CREATED)
+        # a replay answers with the job as it is now (it may have run since)
+        return Response(job_output(selectors.job_get(user=request.user, job_id=job.id)), status=status.HTTP_200_OK)
 
 
 class JobDetailApi(APIView):
     @extend_schema(responses={200: JobOutputSerializer, **error_responses(404)})
     def get(self, request, job_id):
-        return Response(JobOutputSerializer(selectors.job_get(user=request.user, job_id=job_id)).data)
+        return Response(job_output(selectors.job_get(user=request.user, job_id=job_id)))
 
     @extend_schema(responses={204: None, **error_responses(404, 409)})
     def delete(self, request, job_id):
-        actions.job_delete(job_id=job_id, owner=None if request.user.is_staff else request.user)
+        actions.job_delete(job_id=job_id, owner=None if request.user.is_staff else request.user, actor=_actor(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _actor(request) -> Actor:
+    """Who acts, for the audit trail (the services skip an owner acting on their own job)."""
+    return Actor.of_request(request, source=AuditSource.API)
 
 
 class JobRetryApi(APIView):
     @extend_schema(request=None, responses={202: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request, job_id):
-        job = actions.job_retry(job_id=job_id, owner=None if request.user.is_staff else request.user)
+        job = actions.job_retry(
+            job_id=job_id, owner=None if request.user.is_staff else request.user, actor=_actor(request)
+        )
         job = selectors.job_get(user=request.user, job_id=job.id)
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -112,13 +121,47 @@ class JobRetryApi(APIView):
 class JobCancelApi(APIView):
     @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request, job_id):
-        job = actions.job_cancel(job_id=job_id, owner=None if request.user.is_staff else request.user)
+        job = actions.job_cancel(
+            job_id=job_id, owner=None if request.user.is_staff else request.user, actor=_actor(request)
+        )
         job = selectors.job_get(user=request.user, job_id=job.id)
         return Response(JobOutputSerializer(job).data)
 
 
 class ProviderListApi(APIView):
-    @extend_schema(responses={200: serializers.ListSerializer(child=serializers.DictField()), **error_responses()})
+    @extend_schema(
+        summary="Providers and their models",
+        description=(
+            "Every provider: whether it is configured here (`available`; a job naming one that is not is refused "
+            "at submit), its default model, where its model list comes from, and each model's aliases and context "
+            "limit. With an OpenAI-compatible OPENAI_BASE_URL, `any_model_name` is true: every name the server "
+            "has is accepted."
+        ),
+        examples=[
+            OpenApiExample(
+                "one provider, one model",
+                value=[
+                    {
+                        "id": "openai",
+                        "available": True,
+                        "default_model": "gpt-4o-mini",
+                        "models_from": "genai-prices",
+                        "any_model_name": False,
+                        "models": [
+                            {
+                                "name": "gpt-4o-mini",
+                                "aliases": ["gpt-4o-mini-2024-07-18"],
+                                "context_tokens": 128000,
+                                "deprecated": False,
+                            }
+                        ],
+                    }
+                ],
+                response_only=True,
+            )
+        ],
+        responses={200: serializers.ListSerializer(child=serializers.DictField()), **error_responses()},
+    )
     def get(self, request):
         return Response(providers_status())
 
@@ -162,7 +205,44 @@ class JobMetricsParams(StrictSerializer):
 class JobMetricsApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[JobMetricsParams], responses={200: OpenApiTypes.OBJECT, **error_responses(400)})
+    @extend_schema(
+        summary="Job metrics over a window",
+        description=(
+            "Computed by Postgres since `since` (default 24 h): jobs by status (counted by creation time), success "
+            "rate (succeeded / succeeded + dead), and, for the attempts started in the window, attempts, retries, "
+            "processing time (average, p50, p95, p99 in ms), the validation pass rate of model outputs and failed "
+            "attempts by error type. Staff only. For charts over time, see /api/ai/stats/timeseries."
+        ),
+        examples=[
+            OpenApiExample(
+                "the last 24 hours",
+                value={
+                    "since": "2026-12-02T10:00:00Z",
+                    "until": "2026-12-03T10:00:00Z",
+                    "jobs": {
+                        "total": 1210,
+                        "by_status": {
+                            "queued": 3,
+                            "running": 4,
+                            "retrying": 1,
+                            "succeeded": 1190,
+                            "dead": 9,
+                            "canceled": 3,
+                        },
+                    },
+                    "success_rate": 0.9925,
+                    "attempts": 1262,
+                    "retries": 48,
+                    "processing_time_ms": {"avg": 2140.5, "p50": 1870, "p95": 4480, "p99": 9120},
+                    "validation": {"checked": 1230, "passed": 1211, "pass_rate": 0.9846},
+                    "errors": {"total": 57, "by_type": {"RATE_LIMIT": 31, "VALIDATION_ERROR": 19, "TIMEOUT": 7}},
+                },
+                response_only=True,
+            )
+        ],
+        parameters=[JobMetricsParams],
+        responses={200: OpenApiTypes.OBJECT, **error_responses(400)},
+    )
     def get(self, request):
         params = parse_query(JobMetricsParams, request)
         since = params.get("since") or timezone.now() - timedelta(hours=24)
@@ -170,6 +250,37 @@ class JobMetricsApi(APIView):
 
 
 # --- queue control (staff only) ---
+
+
+QUEUE_EXAMPLE = {
+    "paused": False,
+    "paused_by": "",
+    "paused_at": None,
+    "reason": "",
+    "intake": {"open": True, "closed_by": "", "closed_at": None, "reason": ""},
+    "totals": {"waiting": 12, "active": 8, "delayed": 3, "completed": 5120, "failed": 0},
+    "queues": [
+        {"name": "ai-high", "waiting": 0, "active": 2, "delayed": 0, "completed": 410, "failed": 0},
+        {"name": "ai-default", "waiting": 12, "active": 6, "delayed": 3, "completed": 4610, "failed": 0},
+        {"name": "ai-low", "waiting": 0, "active": 0, "delayed": 0, "completed": 100, "failed": 0},
+    ],
+    "jobs": {"queued": 12, "running": 8, "retrying": 3},
+    "workers": [
+        {
+            "name": "aipb-w1.4711",
+            "hostname": "aipb-w1",
+            "pid": 4711,
+            "state": "busy",
+            "queues": ["ai-high", "ai-default", "ai-low"],
+            "current_job": "3f6c2a8e-1b5d-4c1e-9a7f-2d8e6b0c4a11",
+            "successful_jobs": 2560,
+            "failed_jobs": 0,
+            "last_heartbeat": "2026-12-03T10:00:02.118Z",
+        }
+    ],
+    "worker_count": 1,
+}
+_QUEUE_ANSWER = "Answers the queue status (as GET /api/ai/queue) after the change. Staff only; audited."
 
 
 class QueuePauseInput(StrictSerializer):
@@ -187,6 +298,12 @@ class QueueStatusApi(APIView):
     @extend_schema(
         responses={200: OpenApiTypes.OBJECT, **error_responses(400)},
         summary="Queue sizes per status, paused or not, workers",
+        description=(
+            "RQ's view of the AI queues (waiting, active, delayed, completed, failed, per queue and in total), "
+            "Postgres' count of queued, running and retrying jobs to compare it with, whether workers are paused "
+            "and intake closed (by whom, when, why), and the live workers. Staff only."
+        ),
+        examples=[OpenApiExample("a busy default queue", value=QUEUE_EXAMPLE, response_only=True)],
     )
     def get(self, request):
         parse_query(StrictSerializer, request)  # no parameters: an unknown one is a 400
@@ -200,10 +317,28 @@ class QueuePauseApi(APIView):
         request=QueuePauseInput,
         responses={200: OpenApiTypes.OBJECT, **error_responses(400, 413, 415)},
         summary="Stop every worker taking jobs",
+        description=(
+            "Workers finish the attempts they are running and take no new job until resumed; submissions keep "
+            "queuing. Idempotent: pausing again keeps the first pause's who, when and why. " + _QUEUE_ANSWER
+        ),
+        examples=[
+            OpenApiExample("with a reason", value={"reason": "provider incident"}, request_only=True),
+            OpenApiExample(
+                "paused",
+                value={
+                    **QUEUE_EXAMPLE,
+                    "paused": True,
+                    "paused_by": "ops",
+                    "paused_at": "2026-12-03T10:01:00Z",
+                    "reason": "provider incident",
+                },
+                response_only=True,
+            ),
+        ],
     )
     def post(self, request):
         fields = parse_body(QueuePauseInput, request.data)  # no body is {}; a body of 0, [] or null is a 400
-        return Response(queue_control.queue_pause(by=request.user.get_username(), **fields))
+        return Response(queue_control.queue_pause(actor=_actor(request), **fields))
 
 
 class QueueResumeApi(APIView):
@@ -213,11 +348,13 @@ class QueueResumeApi(APIView):
         request=None,
         responses={200: OpenApiTypes.OBJECT, **error_responses(400, 413, 415)},
         summary="Let workers take jobs again",
+        description="Lifts a pause; takes no body. " + _QUEUE_ANSWER,
+        examples=[OpenApiExample("running again", value=QUEUE_EXAMPLE, response_only=True)],
     )
     def post(self, request):
         if request.data != {}:  # no body, or {}; a body of 0, [] or null is not "no body"
             raise serializers.ValidationError({"non_field_errors": ["resume takes no body"]})
-        return Response(queue_control.queue_resume(by=request.user.get_username()))
+        return Response(queue_control.queue_resume(actor=_actor(request)))
 
 
 class QueueIntakeApi(APIView):
@@ -227,7 +364,28 @@ class QueueIntakeApi(APIView):
         request=QueueIntakeInput,
         responses={200: OpenApiTypes.OBJECT, **error_responses(400, 413, 415)},
         summary="Close or open intake: while closed, submissions answer 503 and workers keep draining",
+        description=(
+            "With `open: false`, every submission answers 503 `intake_closed` until intake is opened again; "
+            "queued work keeps running. Idempotent: closing again keeps the first close's who, when and why. "
+            + _QUEUE_ANSWER
+        ),
+        examples=[
+            OpenApiExample("close", value={"open": False, "reason": "draining for a migration"}, request_only=True),
+            OpenApiExample(
+                "closed",
+                value={
+                    **QUEUE_EXAMPLE,
+                    "intake": {
+                        "open": False,
+                        "closed_by": "ops",
+                        "closed_at": "2026-12-03T10:01:00Z",
+                        "reason": "draining for a migration",
+                    },
+                },
+                response_only=True,
+            ),
+        ],
     )
     def post(self, request):
         fields = parse_body(QueueIntakeInput, request.data)
-        return Response(queue_control.queue_intake(by=request.user.get_username(), **fields))
+        return Response(queue_control.queue_intake(actor=_actor(request), **fields))

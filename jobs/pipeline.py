@@ -67,13 +67,20 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         with transaction.atomic():
             rescheduled = transitions.delivery_replace(job, delay=delay)
         if rescheduled:
-            accounting.delivery_throttled(provider=provider)
+            accounting.delivery_throttled(provider=provider, job_id=job.id, delay=delay)
             return f"throttled: re-scheduled in {delay:.2f}s"
         return "skipped: nothing to claim"
 
     job = transitions.job_claim(job_id=job_id, rq_job_id=rq_job_id)
     if job is None:
         return "skipped: claimed elsewhere"
+    accounting.job_claimed(
+        provider=job.provider,
+        priority=job.priority,
+        attempt=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+    )
     return _attempt(job)
 
 
@@ -126,6 +133,7 @@ def _attempt(job: AIJob) -> str:
         validation_passed=validation_passed,
     )
 
+    cost = None
     if usage is not None:
         recorded = usage_record_durable(job=job, attempt=number, usage=usage, at=record.finished_at)
         accounting.usage_counted(
@@ -135,6 +143,7 @@ def _attempt(job: AIJob) -> str:
             cost=recorded.cost,
             priced=recorded.cost is not None or recorded.spooled,
         )
+        cost = recorded.cost
 
     classified = None
     if error is not None:
@@ -150,6 +159,10 @@ def _attempt(job: AIJob) -> str:
         outcome=result.outcome,
         error=classified,
         status=result.status,
+        job_id=job.id,
+        cost=cost,
+        delay=result.delay,
+        dead_letter_id=result.dead_letter_id,
     )
     if result.status is None:
         return f"abandoned: attempt {number} lost its lease"
@@ -162,6 +175,8 @@ def _attempt(job: AIJob) -> str:
 class _Recorded:
     outcome: str | None  # of the attempt; None: lease recovery already counted it as abandoned
     status: str | None  # the job's new state; None: the job was taken back by lease recovery meanwhile
+    delay: float | None = None  # before the retry, for the log
+    dead_letter_id: int | None = None  # of a death, for the log
 
 
 # A Postgres restart or failover mid-attempt: the attempt's end is written as soon as Postgres is back, within
@@ -203,6 +218,7 @@ def _recorded_already(job: AIJob, record: AttemptRecord) -> _Recorded | None:
 @transaction.atomic
 def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Classified | None) -> _Recorded:
     """The attempt's end in one transaction: state change, attempt row, dead letter."""
+    delay = None
     if classified is None:
         status = JobStatus.SUCCEEDED if transitions.job_succeed(job=job, record=record, page=page) else None
     elif (delay := _retry_delay(job, classified)) is not None:
@@ -215,11 +231,17 @@ def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Cl
     else:
         outcome = AttemptOutcome.SUCCEEDED if classified is None else AttemptOutcome.FAILED
     created = transitions.attempt_save(job=job, record=record, outcome=outcome, error=classified)
+    entry = None
     if status == JobStatus.DEAD:
         job.refresh_from_db()
-        dead_letter(job=job, classified=classified)
+        entry = dead_letter(job=job, classified=classified)
     counted = outcome == AttemptOutcome.ABANDONED and not created  # lease recovery recorded and counted it
-    return _Recorded(outcome=None if counted else outcome, status=status)
+    return _Recorded(
+        outcome=None if counted else outcome,
+        status=status,
+        delay=delay if status == JobStatus.RETRYING else None,
+        dead_letter_id=entry.id if entry is not None else None,
+    )
 
 
 def _retry_delay(job: AIJob, classified: Classified) -> float | None:

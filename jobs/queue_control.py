@@ -8,6 +8,9 @@ Clearing waiting or delayed deliveries cancels their jobs first (jobs.transition
 delivery, so a job a worker claimed meanwhile is left alone) and then takes the deliveries out of Redis,
 only those still there, so Postgres and Redis agree afterwards. Clearing failed or completed empties RQ's
 registries only: job rows and dead letters stay.
+
+Each change an operator makes (one that changed something: a second pause is not one) is written to the
+audit trail when the interface says who acts (``actor``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from django.utils import timezone
 
 from aipb.exceptions import InvalidInput
 from aipb.redis_client import get_redis
+from audit.models import AuditAction
+from audit.records import Actor, audit_record, capped, reason_checked
 from jobs import accounting, queues, transitions
 from jobs.models import AIJob, JobStatus
 from jobs.queues import QUEUE_ORDER, QUEUE_STATUSES
@@ -33,7 +38,6 @@ log = logging.getLogger(__name__)
 STATUSES = QUEUE_STATUSES
 CLEARABLE = ("waiting", "delayed", "failed", "completed")
 CLEAR_BATCH = 500
-PAUSE_REASON_MAX = 500
 
 
 def _job_counts() -> dict:
@@ -76,38 +80,44 @@ def queue_is_paused() -> bool:
     return queues.is_paused()
 
 
-def _reason(reason: str) -> str:
-    if len(reason) > PAUSE_REASON_MAX:
-        raise InvalidInput(f"reason must be at most {PAUSE_REASON_MAX} characters")
-    return reason
-
-
 def _said(by: str, reason: str = "") -> str:
     # Operator-typed text goes into the log as one quoted value: a newline in a reason cannot forge a line.
     return f"{by or 'unknown'!r}" + (f" reason={reason!r}" if reason else "")
 
 
-def queue_pause(*, by: str = "", reason: str = "") -> dict:
-    """Stop every worker from taking jobs (running ones finish). Idempotent: a second pause keeps the first's info."""
-    if queues.pause_set(get_redis(), by=by, at=timezone.now().isoformat(), reason=_reason(reason)):
+def _audit(actor: Actor | None, action: str, *, reason: str = "", details: dict | None = None) -> None:
+    if actor is not None:
+        audit_record(actor=actor, action=action, target_type="queue", reason=reason, details=details)
+
+
+def queue_pause(*, by: str = "", reason: str = "", actor: Actor | None = None) -> dict:
+    """Stop every worker from taking jobs (running ones finish). Idempotent: a second pause keeps the first's info.
+    `by` is shown in queue status; an actor's label stands for it."""
+    by = actor.label if actor is not None else by
+    if queues.pause_set(get_redis(), by=by, at=timezone.now().isoformat(), reason=reason_checked(reason)):
         log.warning("queue paused by %s", _said(by, reason))
+        _audit(actor, AuditAction.QUEUE_PAUSE, reason=reason)
     return queue_status()
 
 
-def queue_resume(*, by: str = "") -> dict:
+def queue_resume(*, by: str = "", actor: Actor | None = None) -> dict:
+    by = actor.label if actor is not None else by
     if queues.pause_clear(get_redis()):
         log.warning("queue resumed by %s", _said(by))
+        _audit(actor, AuditAction.QUEUE_RESUME)
     return queue_status()
 
 
-def queue_intake(*, open: bool, by: str = "", reason: str = "") -> dict:  # noqa: A002 - the API's word
+def queue_intake(*, open: bool, by: str = "", reason: str = "", actor: Actor | None = None) -> dict:  # noqa: A002
     """Close intake (submissions answer 503 intake_closed; workers keep draining) or open it again.
     Idempotent: closing twice keeps the first close's who/when/why."""
+    by = actor.label if actor is not None else by
     changed = queues.intake_set(
-        get_redis(), closed=not open, by=by, at=timezone.now().isoformat(), reason=_reason(reason)
+        get_redis(), closed=not open, by=by, at=timezone.now().isoformat(), reason=reason_checked(reason)
     )
     if changed:
         log.warning("intake %s by %s", "opened" if open else "closed", _said(by, reason))
+        _audit(actor, AuditAction.QUEUE_INTAKE_OPEN if open else AuditAction.QUEUE_INTAKE_CLOSE, reason=reason)
     return queue_status()
 
 
@@ -128,8 +138,15 @@ def _cancel_deliveries(rq_job_ids: list[str]) -> list[str]:
     return [job_id for job_id, _, _ in canceled]
 
 
-def queue_clear(*, status: str, on_progress: Callable[[int, int], None] | None = None) -> ClearReport:
+def queue_clear(
+    *,
+    status: str,
+    on_progress: Callable[[int, int], None] | None = None,
+    actor: Actor | None = None,
+    reason: str = "",
+) -> ClearReport:
     """Empty one status on every queue. waiting/delayed cancel their jobs; failed/completed only drop RQ's records."""
+    reason = reason_checked(reason)
     if status not in CLEARABLE:
         raise InvalidInput(f"status must be one of {', '.join(CLEARABLE)}")
     conn = get_redis()
@@ -162,4 +179,17 @@ def queue_clear(*, status: str, on_progress: Callable[[int, int], None] | None =
         log.warning(
             "queue clear %s: %d jobs canceled, %d deliveries removed", status, len(report.canceled), report.removed
         )
+    if report.removed or report.canceled:
+        with transaction.atomic():
+            _audit(
+                actor,
+                AuditAction.QUEUE_CLEAR,
+                reason=reason,
+                details={
+                    "status": status,
+                    "removed": report.removed,
+                    "canceled": len(report.canceled),
+                    "job_ids": capped(report.canceled),
+                },
+            )
     return report

@@ -100,9 +100,10 @@ def _recover_expired(job_id, now: datetime) -> str | None:
     if expiry is None:
         return None
     job = expiry.job
+    entry = None
     if expiry.status == JobStatus.DEAD:
         job.refresh_from_db()
-        dead_letter(job=job, classified=expiry.error)
+        entry = dead_letter(job=job, classified=expiry.error)
     transaction.on_commit(
         partial(
             accounting.attempt_ended,
@@ -113,6 +114,9 @@ def _recover_expired(job_id, now: datetime) -> str | None:
             outcome=AttemptOutcome.ABANDONED if expiry.attempt_recorded else None,
             error=expiry.error,
             status=expiry.status,
+            job_id=job.id,
+            delay=0.0 if expiry.status == JobStatus.RETRYING else None,  # put back on the queue at once
+            dead_letter_id=entry.id if entry is not None else None,
         )
     )
     return expiry.status

@@ -10,6 +10,11 @@ must name its ``multiprocess_mode`` explicitly (tests/monitoring/test_metrics.py
 
 The helpers are called by jobs.accounting only, after the transaction that recorded the end
 commits, so a rolled-back attempt is never counted.
+
+Label values are bounded: a ``model`` label is a catalogue model's canonical name, or ``other`` for any
+name the catalogue does not know (an OpenAI-compatible OPENAI_BASE_URL accepts every name a user sends,
+and each new label value would be a new series in every process's files and in Prometheus). The API,
+the rows and the logs keep the real name.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from decimal import Decimal
 
 from prometheus_client import Counter, Histogram
 
+from jobs import catalogue
 from jobs.catalogue import PROVIDER_IDS
 from monitoring import validation_window
 
@@ -41,10 +47,40 @@ COST = Counter("ai_llm_cost_usd", "Estimated provider cost in USD", ["provider",
 RATE_LIMIT_WAITS = Counter(
     "ai_rate_limit_wait", "Deliveries re-scheduled because no rate-limit token was free", ["provider"]
 )
+QUEUE_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+QUEUE_WAIT = Histogram(
+    "ai_job_queue_wait_seconds",
+    "Seconds from a job's submission to the claim of its first attempt by a worker",
+    ["provider", "priority"],
+    buckets=QUEUE_WAIT_BUCKETS,
+)
+
+OTHER_MODEL = "other"
+# The catalogue's canonical names per provider, for the price data in use (it changes when fresher data is
+# fetched): (price data version, {provider: names}).
+_names: tuple[str, dict[str, frozenset[str]]] = ("", {})
+
+
+def _catalogue_names(provider: str) -> frozenset[str]:
+    global _names
+    version = catalogue.price_data_version()
+    if _names[0] != version:
+        by_provider: dict[str, set[str]] = {}
+        for info in catalogue.models():
+            by_provider.setdefault(info.provider, set()).add(info.name)
+        _names = (version, {name: frozenset(names) for name, names in by_provider.items()})  # threads: either wins
+    return _names[1].get(provider, frozenset())
+
+
+def model_label(provider: str, model: str) -> str:
+    """The ``model`` label value: the catalogue's name for it (an alias counts under its canonical name), or
+    ``other``."""
+    name = catalogue.canonical_model(provider, model)
+    return name if name in _catalogue_names(provider) else OTHER_MODEL
 
 
 def job_finished(*, provider: str, model: str, status: str) -> None:
-    JOBS.labels(provider, model, status).inc()
+    JOBS.labels(provider, model_label(provider, model), status).inc()
 
 
 def attempt_finished(
@@ -55,6 +91,7 @@ def attempt_finished(
     seconds: float,
     error_type: str = "",
 ) -> None:
+    model = model_label(provider, model)
     PROCESSING.labels(provider, model).observe(seconds)
     ATTEMPTS.labels(provider, model, outcome).inc()
     if error_type:
@@ -62,17 +99,18 @@ def attempt_finished(
 
 
 def output_validated(*, provider: str, model: str, passed: bool) -> None:
-    VALIDATION.labels(provider, model, "pass" if passed else "fail").inc()
+    VALIDATION.labels(provider, model_label(provider, model), "pass" if passed else "fail").inc()
     validation_window.record(passed=passed)  # ai_jobs_validation_pass_rate
 
 
 def retry_scheduled(*, provider: str, model: str) -> None:
-    RETRIES.labels(provider, model).inc()
+    RETRIES.labels(provider, model_label(provider, model)).inc()
 
 
 def usage_recorded(
     *, provider: str, model: str, prompt: int, completion: int, cached: int, cost: Decimal | None
 ) -> None:
+    model = model_label(provider, model)
     TOKENS.labels(provider, model, "prompt").inc(prompt)
     TOKENS.labels(provider, model, "completion").inc(completion)
     TOKENS.labels(provider, model, "cached").inc(cached)
@@ -82,6 +120,10 @@ def usage_recorded(
 
 def rate_limited(*, provider: str) -> None:
     RATE_LIMIT_WAITS.labels(provider).inc()
+
+
+def queue_wait_observed(*, provider: str, priority: str, seconds: float) -> None:
+    QUEUE_WAIT.labels(provider, priority).observe(seconds)
 
 
 # Calls whose usage was recorded with no price in force (cost NULL): spend the reports cannot show.

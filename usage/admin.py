@@ -1,18 +1,26 @@
-"""Admin: TokenUsage read-only; ModelPrice edits add a new row (history kept); this month's spend page."""
+"""Admin: TokenUsage read-only (each row linked to its job; `?job=<id>` lists one job's); ModelPrice edits add a
+new row (history kept); the spend page: any range of days, by provider, model, user and day, and its CSV."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, Max, Min, OuterRef, QuerySet
+from django.http import StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
+from aipb.admin_mixins import timestamp_column
 from aipb.exceptions import ServiceError
+from audit.models import AuditSource
+from audit.records import Actor
 from jobs import catalogue
 from usage import reports, services
 from usage.models import ModelPrice, PriceSource, TokenUsage
@@ -58,6 +66,27 @@ class PricedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class JobFilter(admin.SimpleListFilter):
+    """`?job=<id>`: one job's usage rows, the link from a job's and a dead letter's page. In the sidebar only
+    while it filters (Django applies a filter only when it has a choice to show); an id that is not a UUID
+    lists nothing."""
+
+    title = "job"
+    parameter_name = "job"
+
+    def lookups(self, request, model_admin):
+        value = request.GET.get(self.parameter_name)
+        return [(value, value[:8] + "…")] if value else []
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        try:
+            return queryset.filter(job_id=uuid.UUID(self.value()))
+        except ValueError:
+            return queryset.none()
+
+
 class DateHierarchyQuerySet(QuerySet):
     """The date hierarchy's year and month links from MIN/MAX (two index probes) instead of a
     DISTINCT over every row in view, which grows with the table. A year or month without rows may
@@ -86,11 +115,11 @@ class DateHierarchyQuerySet(QuerySet):
 @admin.register(TokenUsage)
 class TokenUsageAdmin(admin.ModelAdmin):
     list_display = (
-        "created_at",
+        "created_at_s",
         "owner",
         "provider",
         "model",
-        "job_id",
+        "job_link",
         "attempt",
         "prompt_tokens",
         "cached_tokens",
@@ -98,7 +127,7 @@ class TokenUsageAdmin(admin.ModelAdmin):
         "completion_tokens",
         "cost_usd",
     )
-    list_filter = (ProviderFilter, ModelFilter, PricedFilter, "created_at")
+    list_filter = (ProviderFilter, ModelFilter, PricedFilter, JobFilter, "created_at")
     date_hierarchy = "created_at"
     search_fields = ("=owner__username",)
     search_help_text = "exact username"
@@ -112,9 +141,17 @@ class TokenUsageAdmin(admin.ModelAdmin):
         qs = super().get_queryset(request)
         return DateHierarchyQuerySet(model=qs.model, query=qs.query, using=qs.db)
 
+    created_at_s = timestamp_column("created_at", "created")
+
     @admin.display(description="cost (USD)", ordering="cost")
     def cost_usd(self, obj: TokenUsage) -> str:
         return "unpriced" if obj.cost is None else str(obj.cost)
+
+    @admin.display(description="job")
+    def job_link(self, obj: TokenUsage):
+        if obj.job_id is None:
+            return "-"  # the job was deleted; the billing row stays
+        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_aijob_change", args=[obj.job_id]), obj.job_id)
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -130,21 +167,76 @@ class TokenUsageAdmin(admin.ModelAdmin):
         return [spend, *super().get_urls()]
 
     def spend_view(self, request):
-        """This UTC month's spend by provider and by day, as bars (inline SVG and CSS, no scripts)."""
+        """Spend over a range of UTC days (this month so far unless asked), by provider, model, user and day, as
+        tables and bars (inline SVG and CSS, no scripts); `format=csv` downloads the report's CSV lines."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        summary = reports.month_to_date_summary()
+        form = SpendForm(request.GET)
+        filters, report = None, None
+        if form.is_valid():
+            try:
+                start, end = reports.range_between(start=form.cleaned_data["start"], end=form.cleaned_data["end"])
+                filters = reports.report_filters(
+                    start=start,
+                    end=end,
+                    provider=form.cleaned_data["provider"] or None,
+                    model=form.cleaned_data["model"] or None,
+                    username=form.cleaned_data["user"] or None,
+                )
+            except ServiceError as exc:
+                form.add_error(None, exc.message)
+        if filters is not None and request.GET.get("format") == "csv":
+            rows = reports.csv_stream(filters=filters)
+            response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = (
+                f'attachment; filename="usage-{filters.start.isoformat()}-{filters.end.isoformat()}.csv"'
+            )
+            return response
+        if filters is not None:
+            report = reports.usage_report(filters=filters, top=reports.MAX_TOP)
+            report["by_date"] = _every_day(report["by_date"], filters)
+        query = request.GET.copy()
+        query["format"] = "csv"
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": f"Spend {summary['start']} to {summary['end']} (UTC)",
-            "summary": summary,
-            "providers": _provider_bars(summary["by_provider"]),
-            "chart": _day_chart(summary["by_date"]),
+            "title": f"Spend {report['start']} to {report['end']} (UTC)" if report else "Spend",
+            "form": form,
+            "summary": report,
+            "providers": _provider_bars(report["by_provider"]) if report else [],
+            "chart": _day_chart(report["by_date"]) if report else None,
+            "csv_url": "?" + query.urlencode() if report else "",
             "changelist_url": reverse("admin:usage_tokenusage_changelist"),
             "prices_url": reverse("admin:usage_modelprice_changelist"),
         }
         return TemplateResponse(request, "admin/usage/spend.html", context)
+
+
+class SpendForm(forms.Form):
+    """The spend page's range and filters; usage.reports checks them (range length, provider, user) once more."""
+
+    start = forms.DateField(required=False, help_text="first UTC day; default the 1st of the end's month")
+    end = forms.DateField(required=False, help_text="last UTC day, included; default today")
+    provider = forms.ChoiceField(required=False, choices=[("", "every provider")])
+    model = forms.CharField(required=False, max_length=200)
+    user = forms.CharField(required=False, max_length=150, help_text="a username")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["provider"].choices = [("", "every provider"), *((p, p) for p in catalogue.PROVIDER_IDS)]
+        for field in self.fields.values():
+            if isinstance(field, forms.DateField):
+                field.widget = forms.DateInput(attrs={"type": "date"})
+
+
+def _every_day(by_date: dict, filters: reports.ReportFilters) -> dict:
+    """Every day of the range, days without usage at zero, so the bars keep the calendar's spacing."""
+    zero = {key: 0 for key in reports.TOTAL_KEYS} | {"estimated_cost": reports.money(None)}
+    days, day = {}, filters.start
+    while day <= filters.end:
+        days[day.isoformat()] = by_date.get(day.isoformat()) or dict(zero)
+        day += timedelta(days=1)
+    return days
 
 
 def _provider_bars(by_provider: dict) -> list[dict]:
@@ -311,6 +403,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
             cached_input_per_million=form.price.cached_input_per_million,
             cache_write_per_million=form.price.cache_write_per_million,
             effective_from=form.price.effective_from,
+            actor=Actor.of_request(request, source=AuditSource.ADMIN),
         )
         for field in ModelPrice._meta.concrete_fields:  # the admin logs and links the row just added
             setattr(obj, field.attname, getattr(price, field.attname))

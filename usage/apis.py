@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import IsAdminUser
@@ -111,6 +111,49 @@ _REPORT_RESPONSES = {
 }
 
 
+_TOTALS_EXAMPLE = {
+    "requests": 1204,
+    "prompt_tokens": 903000,
+    "completion_tokens": 1806000,
+    "cached_tokens": 120000,
+    "total_tokens": 2709000,
+    "estimated_cost": "1.219350",
+    "unpriced_requests": 0,
+}
+REPORT_EXAMPLE = {
+    "start": "2026-12-01",
+    "end": "2026-12-03",
+    "requests": 1204,
+    "prompt_tokens": 903000,
+    "completion_tokens": 1806000,
+    "cached_tokens": 120000,
+    "total_tokens": 2709000,
+    "total_estimated_cost": "1.219350",
+    "unpriced_requests": 0,
+    "by_provider": {"openai": _TOTALS_EXAMPLE},
+    "by_model": {"gpt-4o-mini": _TOTALS_EXAMPLE},
+    "by_user": {"alice": _TOTALS_EXAMPLE},
+    "by_date": {"2026-12-03": _TOTALS_EXAMPLE},
+    "top_users": [{"user": "alice", "requests": 1204, "total_tokens": 2709000, "estimated_cost": "1.219350"}],
+}
+_REPORT_EXAMPLES = [
+    OpenApiExample("JSON (one user, one model; lists shortened)", value=REPORT_EXAMPLE, response_only=True),
+    OpenApiExample(
+        "CSV (format=csv or Accept: text/csv)",
+        value="date,provider,model,user,requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,"
+        "estimated_cost,unpriced_requests\n2026-12-03,openai,gpt-4o-mini,alice,1204,903000,1806000,120000,2709000,"
+        "1.219350,0\n",
+        response_only=True,
+        media_type="text/csv",
+    ),
+]
+_WHO = (
+    " Staff see everyone's usage and may name a `user`; anyone else sees only their own. Costs are the prices in "
+    "force at each call, in USD with 6 decimals; calls with no price are counted in unpriced_requests, not in the "
+    "cost. `format=csv` (or `Accept: text/csv`) streams one line per day, provider, model and user instead."
+)
+
+
 class _UsageReportBase(APIView):
     content_negotiation_class = JsonErrorsNegotiation
 
@@ -135,7 +178,14 @@ class _UsageReportBase(APIView):
 
 
 class UsageReportApi(_UsageReportBase):
-    @extend_schema(parameters=[ReportParams], responses=_REPORT_RESPONSES)
+    @extend_schema(
+        summary="Usage and cost over a range of days",
+        description="Tokens and estimated cost from `start` to `end` (UTC days, both included; at most 366 days), "
+        "in total and by provider, model, user and day, with the top users." + _WHO,
+        examples=_REPORT_EXAMPLES,
+        parameters=[ReportParams],
+        responses=_REPORT_RESPONSES,
+    )
     def get(self, request):
         params = parse_query(ReportParams, request)
         start, end = reports.range_between(start=params.get("start"), end=params.get("end"))
@@ -143,7 +193,13 @@ class UsageReportApi(_UsageReportBase):
 
 
 class UsageCurrentMonthApi(_UsageReportBase):
-    @extend_schema(parameters=[FilterParams], responses=_REPORT_RESPONSES)
+    @extend_schema(
+        summary="Usage and cost this month so far",
+        description="The report from the 1st of this UTC month to today." + _WHO,
+        examples=_REPORT_EXAMPLES,
+        parameters=[FilterParams],
+        responses=_REPORT_RESPONSES,
+    )
     def get(self, request):
         params = parse_query(FilterParams, request)
         start, end = reports.range_month_to_date()
@@ -151,7 +207,13 @@ class UsageCurrentMonthApi(_UsageReportBase):
 
 
 class UsageLastNDaysApi(_UsageReportBase):
-    @extend_schema(parameters=[LastNDaysParams], responses=_REPORT_RESPONSES)
+    @extend_schema(
+        summary="Usage and cost over the last days",
+        description="The report over today and the `days - 1` days before it (UTC; default 30)." + _WHO,
+        examples=_REPORT_EXAMPLES,
+        parameters=[LastNDaysParams],
+        responses=_REPORT_RESPONSES,
+    )
     def get(self, request):
         params = parse_query(LastNDaysParams, request)
         start, end = reports.range_last_n_days(days=params["days"])
@@ -182,7 +244,36 @@ class PriceListApi(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[PriceParams], responses={200: PriceListSerializer, **error_responses(400)})
+    @extend_schema(
+        summary="Model prices",
+        description=(
+            "The price in force for every priced model (and prices scheduled to take effect later), in USD per "
+            "million tokens, or every price ever recorded with `history=true`; `unpriced` lists the models with "
+            "recorded usage but no price. Staff only."
+        ),
+        examples=[
+            OpenApiExample(
+                "one price",
+                value={
+                    "prices": [
+                        {
+                            "provider": "openai",
+                            "model": "gpt-4o-mini",
+                            "input_per_million": "0.150000",
+                            "output_per_million": "0.600000",
+                            "cached_input_per_million": "0.075000",
+                            "cache_write_per_million": None,
+                            "effective_from": "2024-07-18T00:00:00Z",
+                        }
+                    ],
+                    "unpriced": [{"provider": "openai", "model": "llama3.1:8b"}],
+                },
+                response_only=True,
+            )
+        ],
+        parameters=[PriceParams],
+        responses={200: PriceListSerializer, **error_responses(400)},
+    )
     def get(self, request):
         params = parse_query(PriceParams, request)
         prices = selectors.price_list(history=params["history"])

@@ -17,6 +17,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from aipb.exceptions import InvalidInput
+from audit.models import AuditAction
+from audit.records import Actor, audit_record, capped
 from jobs import catalogue
 from jobs.catalogue import canonical_model
 from jobs.models import AIJob
@@ -214,6 +216,7 @@ def price_set(
     cached_input_per_million: object = None,
     cache_write_per_million: object = None,
     effective_from: object = None,
+    actor: Actor | None = None,
 ) -> ModelPrice:
     """A new price row (history kept). Prices are USD per million tokens; effective_from defaults to now."""
     price = price_validate(
@@ -225,7 +228,21 @@ def price_set(
         cache_write_per_million=cache_write_per_million,
         effective_from=effective_from,
     )
-    return _create(price)
+    row = _create(price)
+    if actor is not None:
+        audit_record(
+            actor=actor, action=AuditAction.PRICE_SET, target_type="model_price", target_id=row.id, details=_terms(row)
+        )
+    return row
+
+
+def _terms(row: ModelPrice) -> dict:
+    return {
+        "provider": row.provider,
+        "model": row.model,
+        "effective_from": row.effective_from,
+        **{name: getattr(row, name) for name in PRICE_FIELDS},
+    }
 
 
 @dataclass(frozen=True)
@@ -235,7 +252,7 @@ class PricesLoaded:
 
 
 @transaction.atomic
-def prices_load(*, data: object) -> PricesLoaded:
+def prices_load(*, data: object, actor: Actor | None = None) -> PricesLoaded:
     """Load a list of prices (the shape ``usage prices list --json`` prints), all or nothing.
 
     ``data`` is a list of objects, or ``{"prices": [...]}``. An entry identical to an existing row is
@@ -301,7 +318,20 @@ def prices_load(*, data: object) -> PricesLoaded:
         except InvalidInput as exc:
             raise InvalidInput(f"{where}: {exc.message}") from None
         pending.append(price)
-    return PricesLoaded(created=[_create(price) for price in pending], unchanged=unchanged)
+    loaded = PricesLoaded(created=[_create(price) for price in pending], unchanged=unchanged)
+    if actor is not None and loaded.created:
+        audit_record(
+            actor=actor,
+            action=AuditAction.PRICES_LOAD,
+            target_type="model_price",
+            details={
+                "created": len(loaded.created),
+                "unchanged": unchanged,
+                "prices": [_terms(row) for row in loaded.created[:100]],
+                "price_ids": capped([row.id for row in loaded.created]),
+            },
+        )
+    return loaded
 
 
 def _same_row_exists(price: PriceInput, *, model: str) -> bool:
@@ -330,6 +360,7 @@ def prices_sync(
     now: datetime | None = None,
     price_model: type[ModelPrice] = ModelPrice,
     usage_model: type[TokenUsage] = TokenUsage,
+    actor: Actor | None = None,
 ) -> PricesSynced:
     """Add the price data's prices for the catalogue's models as rows from each price's start, where they
     differ from the price in force (a second run adds nothing; see pricing.price_data_changes). Models an
@@ -388,6 +419,17 @@ def prices_sync(
                 for change in added
             ]
         )
+        if actor is not None and added:
+            audit_record(
+                actor=actor,
+                action=AuditAction.PRICES_SYNC,
+                target_type="model_price",
+                details={
+                    "price_data": version,
+                    "added": len(added),
+                    "models": capped([f"{change.provider}/{change.model}" for change in added]),
+                },
+            )
     return PricesSynced(
         version=version,
         added=added,

@@ -22,11 +22,20 @@ ALERTMANAGER_CONFIG = CONFIG_DIR / "alertmanager.yml"
 EMAIL_TEMPLATE = CONFIG_DIR / "email.tmpl"
 DASHBOARD = CONFIG_DIR / "grafana-dashboard.json"
 
+
+def runbook_base() -> str:
+    """The one base of every runbook_url, declared in alert_rules.yml's header (docs/OPERATIONS_GUIDE.md says
+    how to point it at your copy of the docs)."""
+    (base,) = re.findall(r"^# runbook base: (\S+)$", ALERT_RULES.read_text(), re.MULTILINE)
+    return base
+
+
 # Every metric the application exports, by the name it has on /metrics (histograms by their base
 # name). The alert rules and the dashboard may reference only these, plus PROMETHEUS_METRICS.
 EXPORTED_METRICS = (
     "ai_jobs_total",
     "ai_jobs_processing_duration_seconds",
+    "ai_job_queue_wait_seconds",
     "ai_jobs_retry_total",
     "ai_jobs_validation_pass_rate",
     "ai_jobs_validation_total",
@@ -43,8 +52,14 @@ EXPORTED_METRICS = (
     "ai_database_up",
     "ai_redis_up",
     "ai_build_info",
+    # django-prometheus: the API's latency panel
+    "django_http_requests_latency_seconds_by_view_method",
 )
-HISTOGRAM_METRICS = ("ai_jobs_processing_duration_seconds",)
+HISTOGRAM_METRICS = (
+    "ai_jobs_processing_duration_seconds",
+    "ai_job_queue_wait_seconds",
+    "django_http_requests_latency_seconds_by_view_method",
+)
 # Synthesised by Prometheus itself for every scrape.
 PROMETHEUS_METRICS = ("up",)
 
@@ -218,7 +233,7 @@ def test_alert_has_labels_and_annotations(rule):
     assert labels.get("component") in COMPONENTS, f"{name}: component {labels.get('component')!r}"
     assert annotations.get("summary", "").strip(), f"{name}: empty summary"
     assert "$value" in annotations.get("description", ""), f"{name}: description does not show the current value"
-    assert annotations.get("runbook_url") == f"docs/OPERATIONS_GUIDE.md#{name.lower()}", name
+    assert annotations.get("runbook_url") == f"{runbook_base()}#{name.lower()}", name
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test():
@@ -369,6 +384,45 @@ def test_slack_templates_render():
 # ------------------------------------------------------------------------- dashboard
 
 
+def _panel(title: str) -> dict:
+    (panel,) = [p for p in _dashboard_panels() if p["title"] == title]
+    return panel
+
+
+def _threshold_steps(title: str) -> list[float]:
+    """The values where a panel's colour changes (the first step, from minus infinity, has none)."""
+    return [step["value"] for step in _panel(title)["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+
+
+def _alert_threshold(alert: str) -> float:
+    (rule,) = [r for r in _alert_rules() if r["alert"] == alert]
+    return float(re.search(r"[<>]\s*([0-9.e+]+)\s*(?:$|\n)", rule["expr"].strip()).group(1))
+
+
+def test_grafana_thresholds_are_the_alert_thresholds():
+    alerts = {
+        "Dead jobs (share of finished, 5m)": ["HighAIJobFailureRate", "CriticalAIJobFailureRate"],
+        "Validation pass rate": ["LowValidationPassRate"],
+        "Attempt processing time (p50 / p95 / p99)": ["SlowAIJobProcessing"],
+        "Queue status": ["AIQueueCongestion", "AIQueueSeverelyCongested"],
+        "Retry rate": ["HighAIJobRetryRate"],
+        "Provider failed-attempt rate": ["ProviderFailures"],
+        "Token usage (tokens/hour)": ["HighTokenUsage"],
+        "Cost rate (USD/hour)": ["HighLLMCostRate"],
+    }
+    for title, names in alerts.items():
+        assert _threshold_steps(title) == [_alert_threshold(name) for name in names], title
+    assert _alert_threshold("LowValidationPassRate") == 80.0  # the parser reads "< 80", not the guard after it
+
+
+def test_grafana_units_say_what_is_counted():
+    units = {p["title"]: p["fieldConfig"]["defaults"].get("unit") for p in _dashboard_panels() if p["type"] != "row"}
+    assert "reqps" not in units.values(), "jobs, retries and attempts are not HTTP requests"
+    assert units["Job rate by status"] == units["Jobs by provider"] == "suffix: jobs/s"
+    assert units["Queue wait before the first attempt (p50 / p95 / p99)"] == "s"
+    assert units["API latency by view (p50 / p95)"] == "s"
+
+
 def test_grafana_dashboard_shape():
     dashboard = _dashboard()
     panels = _dashboard_panels()
@@ -380,6 +434,10 @@ def test_grafana_dashboard_shape():
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    for name in ("provider", "model", "instance"):
+        assert variables[name]["type"] == "query" and variables[name]["includeAll"], name
+        assert variables[name]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
+        assert f"${name}" in "\n".join(_dashboard_exprs()), f"no panel filters on ${name}"
 
     data_panels = [p for p in panels if p["type"] != "row"]
     assert len(data_panels) >= 12
@@ -405,6 +463,8 @@ def test_grafana_dashboard_covers_the_service():
         "ai_dlq_entries",
         "ai_workers",
         "ai_build_info",
+        "ai_job_queue_wait_seconds_bucket",
+        "django_http_requests_latency_seconds_by_view_method_bucket",
     ):
         assert metric in exprs, f"no dashboard panel queries {metric}"
     for quantile in ("0.50", "0.95", "0.99"):
@@ -413,7 +473,14 @@ def test_grafana_dashboard_covers_the_service():
 
 def test_grafana_dashboard_exprs_are_valid_promql(tmp_path):
     # promtool has no bare PromQL checker, so wrap every expression in a recording rule.
-    grafana_vars = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+    grafana_vars = {
+        "$__rate_interval": "5m",
+        "$__interval": "1m",
+        "$__range": "6h",
+        "$provider": ".*",
+        "$model": ".*",
+        "$instance": ".*",
+    }
     rules = []
     for i, expr in enumerate(_dashboard_exprs()):
         for var, value in grafana_vars.items():

@@ -200,9 +200,11 @@ def test_pause_and_resume_buttons_need_staff_and_a_csrf_token(staff_user, user_c
     assert Client().post(OPERATIONS, {"action": "pause"}).status_code == 302
     assert not is_suspended(redis_conn)
 
-    response = client.post(
-        OPERATIONS, {"action": "pause", "reason": "bad deploy", "csrfmiddlewaretoken": token}, follow=True
-    )
+    pause = {"action": "pause", "reason": "bad deploy", "csrfmiddlewaretoken": token}
+    response = client.post(OPERATIONS, pause)  # first a page that says what pausing does
+    assert response.status_code == 200 and 'id="confirm-button"' in response.content.decode()
+    assert not is_suspended(redis_conn)
+    response = client.post(OPERATIONS, {**pause, "confirmed": "yes"}, follow=True)
     assert is_suspended(redis_conn)
     html = response.content.decode()
     assert 'id="paused-state">PAUSED<' in html and "by ops: bad deploy" in html and 'id="resume-button"' in html

@@ -76,7 +76,9 @@ def test_the_operations_page_shows_and_switches_intake(staff_client):
     page = staff_client.get("/admin/operations/").content.decode()
     assert "INTAKE OPEN" in page
 
-    response = staff_client.post("/admin/operations/", {"action": "close-intake", "reason": "deploy"})
+    response = staff_client.post(
+        "/admin/operations/", {"action": "close-intake", "reason": "deploy", "confirmed": "yes"}
+    )
 
     assert response.status_code == 302
     page = staff_client.get("/admin/operations/").content.decode()

@@ -68,6 +68,7 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "api/ai/usage/current-month"): _users_only(200),
     ("GET", "api/ai/usage/last-n-days"): _users_only(200),
     ("GET", "api/ai/usage/prices"): _staff_only(200),
+    ("GET", "api/ai/stats/timeseries"): _staff_only(200),
 }
 API_CATCH_ALL = "^api/"  # JSON 404 for every other /api/ path
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -235,7 +236,16 @@ def test_an_inactive_user_s_token_is_refused(world, users):
 # --- admin pages ---
 
 # Admin URL names that are not a model's changelist/add/change/delete/history: each must be listed here.
-ADMIN_SITE_PAGES = {"index", "operations", "app_list", "usage_tokenusage_spend", "auth_user_password_change"}
+ADMIN_SITE_PAGES = {
+    "index",
+    "operations",
+    "operations-dashboard",
+    "app_list",
+    "usage_tokenusage_spend",
+    "auth_user_password_change",
+    "jobs_aijob_button",  # a job's retry / cancel: a GET only shows the confirmation
+    "dlq_deadletter_button",  # a dead letter's retry / discard, likewise
+}
 ADMIN_OPEN_PAGES = {"login", "logout", "password_change", "password_change_done", "jsi18n", "autocomplete"}
 ADMIN_OTHER = {"view_on_site"}  # redirects to the object's own URL; none of our models has one
 
@@ -290,6 +300,9 @@ def _admin_urls(world: World) -> list[tuple[str, str]]:
     return [
         ("index", "/admin/"),
         ("operations", "/admin/operations/"),
+        ("operations-dashboard", "/admin/operations/dashboard/"),
+        ("jobs_aijob_button", f"/admin/jobs/aijob/{job.id}/do/retry/"),
+        ("dlq_deadletter_button", f"/admin/dlq/deadletter/{entry.id}/do/discard/"),
         ("usage_tokenusage_spend", "/admin/usage/tokenusage/spend/"),
         ("app_list", "/admin/jobs/"),
         *model_pages(),
@@ -310,7 +323,8 @@ def test_admin_pages_need_staff(world, users, superuser):
         assert root.status_code == (403 if name.endswith("_add") and root.status_code == 403 else 200), (url, root)
         staff = session(users["staff"]).get(url)
         assert staff.status_code in (200, 403), (url, staff.status_code)  # per model: see the next test
-    for name in ("index", "operations"):  # the operator's pages: any active staff user
+    # the operator's pages: any active staff user
+    for name in ("index", "operations", "operations-dashboard", "jobs_aijob_button", "dlq_deadletter_button"):
         assert session(users["staff"]).get(dict(_admin_urls(world))[name]).status_code == 200
 
 

@@ -1,6 +1,8 @@
 """manage.py dlq list|stats|retry|discard|prune — the dead-letter queue for operators and scripts.
 
-dlq retry --all [--error-type T] [--provider P] [--model M] [--dry-run] [--yes] [--json]
+dlq retry --all [--error-type T] [--provider P] [--model M] [--dry-run] [--yes] [--json] [--reason TEXT]
+
+retry and discard are written to the audit trail with the OS user who ran them (and --reason).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from django.core.management.base import CommandError
 from rest_framework import serializers
 
 from aipb.commands import OperatorCommand, clip
+from audit.records import Actor
 from dlq import records, selectors, services
 from dlq.apis import DeadLetterFilters, DeadLetterListParams
 from dlq.serializers import DeadLetterOutputSerializer, DeadLetterStatsSerializer
 
 MESSAGE_WIDTH = 60
+REASON_HELP = "why: kept in the audit trail (at most 500 characters)"
 
 
 def _one_line(errors: object) -> str:
@@ -61,10 +65,12 @@ class Command(OperatorCommand):
         p.add_argument("--dry-run", action="store_true", help="with --all: count, change nothing")
         p.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
         p.add_argument("--json", action="store_true")
+        p.add_argument("--reason", default="", help=REASON_HELP)
 
         p = sub.add_parser("discard", help="mark one open entry discarded (the job stays dead)")
         p.add_argument("id", help="the dead letter id")
         p.add_argument("--json", action="store_true")
+        p.add_argument("--reason", default="", help=REASON_HELP)
 
         p = sub.add_parser("prune", help="apply retention now (AI_DLQ_MAX_ENTRIES, AI_DLQ_MAX_AGE_DAYS)")
         p.add_argument("--json", action="store_true")
@@ -154,7 +160,7 @@ class Command(OperatorCommand):
                 ),
                 declined="nothing retried",
             )
-            result = services.dlq_retry_bulk(filters=filters)
+            result = services.dlq_retry_bulk(filters=filters, actor=Actor.of_command(), reason=options["reason"])
             if options["json"]:
                 self.print_json(result.as_dict())
             else:
@@ -168,14 +174,14 @@ class Command(OperatorCommand):
             raise CommandError("--error-type, --provider and --model filter --all; they do not apply to one id")
         if options["dry_run"]:
             raise CommandError("--dry-run goes with --all; to see one entry, use `dlq list`")
-        entry, job = services.dlq_retry(entry_id=options["id"])
+        entry, job = services.dlq_retry(entry_id=options["id"], actor=Actor.of_command(), reason=options["reason"])
         if options["json"]:
             self.print_json({"dlq_id": entry.id, "job_id": str(job.id), "status": job.status})
         else:
             self.stdout.write(self.style.SUCCESS(f"dead letter {entry.id} retried: job {job.id} is {job.status}"))
 
     def _discard(self, **options) -> None:
-        entry = services.dlq_discard(entry_id=options["id"])
+        entry = services.dlq_discard(entry_id=options["id"], actor=Actor.of_command(), reason=options["reason"])
         if options["json"]:
             self.print_json(DeadLetterOutputSerializer(entry).data)
         else:

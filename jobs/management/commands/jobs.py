@@ -3,13 +3,14 @@
     jobs list [--status S] [--provider P] [--model M] [--error-type T] [--owner NAME]
               [--since DATE] [--until DATE] [--limit N] [--offset N] [--json]
     jobs view ID [--json]
-    jobs retry ID
-    jobs retry --status dead [--error-type T] [--since DATE] [--dry-run] [--yes]
-    jobs cancel ID
-    jobs delete ID [--yes]
+    jobs retry ID [--reason TEXT]
+    jobs retry --status dead [--error-type T] [--since DATE] [--dry-run] [--yes] [--reason TEXT]
+    jobs cancel ID [--reason TEXT]
+    jobs delete ID [--yes] [--reason TEXT]
 
 ID is a job's UUID or its first few hex digits (at least 4) when they name one job.
 --json prints the objects the API returns (a JSON array for list, the object for view).
+retry, cancel and delete are written to the audit trail with the OS user who ran them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aipb.commands import (
     parse_when,
     resolve_id,
 )
+from audit.records import Actor
 from jobs import actions, selectors
 from jobs.catalogue import PROVIDER_IDS
 from jobs.errors import ErrorType
@@ -42,6 +44,7 @@ OPERATOR = SimpleNamespace(is_staff=True)
 LIST_MAX = 1000
 OFFSET_MAX = ListParams().fields["offset"].max_value  # the API's bound: deeper pages are slow scans
 ID_HELP = f"the job's UUID, or its first {MIN_ID_PREFIX} or more hex digits"
+REASON_HELP = "why: kept in the audit trail (at most 500 characters)"
 
 
 class Command(OperatorCommand):
@@ -71,13 +74,16 @@ class Command(OperatorCommand):
         p.add_argument("--since", help="bulk: only jobs that finished at or after this date or date-time")
         p.add_argument("--dry-run", action="store_true", help="bulk: say how many would be retried, change nothing")
         p.add_argument("--yes", action="store_true", help="bulk: do not ask for confirmation")
+        p.add_argument("--reason", default="", help=REASON_HELP)
 
         p = sub.add_parser("cancel", help="cancel a queued or retrying job")
         p.add_argument("job_id", metavar="ID", help=ID_HELP)
+        p.add_argument("--reason", default="", help=REASON_HELP)
 
         p = sub.add_parser("delete", help="delete a job that is not running (its attempts and results go with it)")
         p.add_argument("job_id", metavar="ID", help=ID_HELP)
         p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        p.add_argument("--reason", default="", help=REASON_HELP)
 
     # --- reads ---
 
@@ -177,14 +183,14 @@ class Command(OperatorCommand):
 
     # --- writes ---
 
-    def _retry(self, *, job_id, status, error_type, since, dry_run, yes, **_):
+    def _retry(self, *, job_id, status, error_type, since, dry_run, yes, reason, **_):
         bulk = status is not None
         if job_id is not None and (bulk or error_type or since or dry_run):
             raise CommandError("give either a job ID or --status for a bulk retry, not both")
         if job_id is None and not bulk:
             raise CommandError("give a job ID, or --status dead to retry every dead job")
         if not bulk:
-            job = actions.job_retry(job_id=self._job_id(job_id))
+            job = actions.job_retry(job_id=self._job_id(job_id), actor=Actor.of_command(), reason=reason)
             self.stdout.write(
                 self.style.SUCCESS(f"job {job.id} queued again")
                 + f" ({job.max_attempts} more attempts; {job.attempts} so far)"
@@ -204,7 +210,9 @@ class Command(OperatorCommand):
             question=lambda: f"Retry {actions.jobs_retry_bulk(**selection, dry_run=True).matched} {status} jobs?",
             declined="nothing retried",
         )
-        report = actions.jobs_retry_bulk(**selection, on_progress=self.progress("retrying"))
+        report = actions.jobs_retry_bulk(
+            **selection, on_progress=self.progress("retrying"), actor=Actor.of_command(), reason=reason
+        )
         message = f"retried {len(report.retried)} of {report.matched} {status} jobs"
         self.stdout.write(self.style.SUCCESS(message) if report.retried else message)
         if report.conflicted:
@@ -214,11 +222,11 @@ class Command(OperatorCommand):
                 + (" ..." if len(report.conflicted) > 20 else "")
             )
 
-    def _cancel(self, *, job_id, **_):
-        job = actions.job_cancel(job_id=self._job_id(job_id))
+    def _cancel(self, *, job_id, reason, **_):
+        job = actions.job_cancel(job_id=self._job_id(job_id), actor=Actor.of_command(), reason=reason)
         self.stdout.write(self.style.SUCCESS(f"job {job.id} canceled"))
 
-    def _delete(self, *, job_id, yes, **_):
+    def _delete(self, *, job_id, yes, reason, **_):
         job = selectors.job_get(user=OPERATOR, job_id=self._job_id(job_id), with_attempts=False)
         self.confirm(
             yes=yes,
@@ -229,7 +237,7 @@ class Command(OperatorCommand):
             ),
             declined="not deleted",
         )
-        actions.job_delete(job_id=job.id)
+        actions.job_delete(job_id=job.id, actor=Actor.of_command(), reason=reason)
         self.stdout.write(self.style.SUCCESS(f"job {job.id} deleted"))
 
     # --- helpers ---

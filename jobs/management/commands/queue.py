@@ -4,18 +4,18 @@
     queue pause [--reason TEXT]     every worker on every host stops taking jobs; running ones finish
     queue resume
     queue intake off [--reason TEXT] | on    submissions answer 503 intake_closed while off; workers drain
-    queue clear [--status waiting|delayed|failed|completed ...] [--dry-run] [--yes]
+    queue clear [--status waiting|delayed|failed|completed ...] [--dry-run] [--yes] [--reason TEXT]
 
 clear without --status clears waiting and delayed, i.e. cancels every job not yet started.
+Every change is written to the audit trail with the OS user who ran it.
 """
 
 from __future__ import annotations
 
-import getpass
-
 from django.core.management.base import CommandError
 
 from aipb.commands import OperatorCommand, choice
+from audit.records import Actor
 from jobs import queue_control
 
 CANCELING = ("waiting", "delayed")
@@ -45,6 +45,7 @@ class Command(OperatorCommand):
         )
         p.add_argument("--dry-run", action="store_true", help="say how many each status holds, change nothing")
         p.add_argument("--yes", action="store_true", help="do not ask before canceling jobs")
+        p.add_argument("--reason", default="", help="why: kept in the audit trail (at most 500 characters)")
 
     def _status(self, *, json, **_):
         status = queue_control.queue_status()
@@ -54,7 +55,7 @@ class Command(OperatorCommand):
         self._print_status(status)
 
     def _pause(self, *, reason, **_):
-        status = queue_control.queue_pause(by=f"{getpass.getuser()} (manage.py)", reason=reason)
+        status = queue_control.queue_pause(actor=Actor.of_command(), reason=reason)
         self.stdout.write(
             self.style.WARNING("queue paused")
             + f": no worker takes new jobs until `manage.py queue resume`; {status['totals']['active']} running"
@@ -62,7 +63,7 @@ class Command(OperatorCommand):
         )
 
     def _resume(self, **_):
-        status = queue_control.queue_resume(by=f"{getpass.getuser()} (manage.py)")
+        status = queue_control.queue_resume(actor=Actor.of_command())
         self.stdout.write(
             self.style.SUCCESS("queue resumed")
             + f": {status['worker_count']} workers, {status['totals']['waiting']} jobs waiting"
@@ -71,7 +72,7 @@ class Command(OperatorCommand):
     def _intake(self, *, state, reason, **_):
         if state == "on" and reason:
             raise CommandError("--reason goes with `intake off`")
-        status = queue_control.queue_intake(open=state == "on", by=f"{getpass.getuser()} (manage.py)", reason=reason)
+        status = queue_control.queue_intake(open=state == "on", actor=Actor.of_command(), reason=reason)
         waiting = status["totals"]["waiting"]
         if status["intake"]["open"]:
             self.stdout.write(self.style.SUCCESS("intake open") + f": submissions are accepted; {waiting} jobs waiting")
@@ -81,7 +82,7 @@ class Command(OperatorCommand):
                 + f": submissions answer 503 until `manage.py queue intake on`; workers drain {waiting} waiting"
             )
 
-    def _clear(self, *, status, dry_run, yes, **_):
+    def _clear(self, *, status, dry_run, yes, reason, **_):
         statuses = status or list(CANCELING)
         for value in statuses:
             choice(value, option="--status", choices=queue_control.CLEARABLE)
@@ -106,7 +107,9 @@ class Command(OperatorCommand):
                 declined="nothing cleared",
             )
         for value in statuses:
-            report = queue_control.queue_clear(status=value, on_progress=self.progress(f"clearing {value}"))
+            report = queue_control.queue_clear(
+                status=value, on_progress=self.progress(f"clearing {value}"), actor=Actor.of_command(), reason=reason
+            )
             if value in CANCELING:
                 self.stdout.write(
                     self.style.SUCCESS(f"cleared {value}")

@@ -4,6 +4,8 @@ manage.py usage prices list [--history] [--json]
 manage.py usage prices set PROVIDER MODEL --input X --output Y [--cached-input Z] [--cache-write W] [--effective-from D]
 manage.py usage prices load FILE.json
 manage.py usage prices sync [--dry-run] [--json]
+
+A price set, loaded or synced is written to the audit trail with the OS user who ran the command.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.utils import timezone
 
 from aipb.commands import OperatorCommand, parse_day
 from aipb.exceptions import ServiceError
+from audit.records import Actor
 from usage import pricing, reports, selectors, services
 
 MAX_PRICE_FILE_BYTES = 5 * 1024 * 1024
@@ -179,6 +182,7 @@ class Command(OperatorCommand):
             cached_input_per_million=options["cached_input"],
             cache_write_per_million=options["cache_write"],
             effective_from=effective_from,
+            actor=Actor.of_command(),
         )
         self.stdout.write(
             f"price set: {price.provider}/{price.model} input {_usd(price.input_per_million)} output "
@@ -199,7 +203,7 @@ class Command(OperatorCommand):
         except ValueError as exc:
             raise CommandError(f"{path} is not valid JSON: {exc}") from None
         try:
-            result = services.prices_load(data=data)
+            result = services.prices_load(data=data, actor=Actor.of_command())
         except ServiceError as exc:
             raise CommandError(f"{path}: {exc.message}; nothing loaded") from None
         self.stdout.write(f"{path}: {len(result.created)} prices added, {result.unchanged} already present")
@@ -207,7 +211,7 @@ class Command(OperatorCommand):
             self.stdout.write(f"  {price.provider}/{price.model} from {price.effective_from.isoformat()}")
 
     def _prices_sync(self, **options) -> None:
-        result = services.prices_sync(dry_run=options["dry_run"])
+        result = services.prices_sync(dry_run=options["dry_run"], actor=Actor.of_command())
         info = pricing.price_data_info()
         if options["json"]:
             self.print_json(
