@@ -10,7 +10,7 @@ from django.http import JsonResponse
 from django.views.csrf import csrf_failure as default_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import parsers, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -50,7 +50,16 @@ class VersionApi(APIView):
                 "commit": serializers.CharField(),
                 "build_date": serializers.CharField(),
             },
-        )
+        ),
+        summary="The build this server runs",
+        description="Version, commit and build date, without credentials: for deploy checks and monitoring.",
+        examples=[
+            OpenApiExample(
+                "a build",
+                value={"version": "0.1.0", "commit": "9ba4826", "build_date": "2026-12-03T10:00:00Z"},
+                response_only=True,
+            )
+        ],
     )
     def get(self, request):
         return Response(build_info())
@@ -108,6 +117,15 @@ class AuthTokenApi(ObtainAuthToken):
     @extend_schema(
         request=AuthTokenInput,
         responses={200: AuthTokenSerializer, 429: LOCKED_OUT_RESPONSE, **error_responses(400, 413, 415)},
+        summary="Exchange a username and password for the user's API token",
+        description="Send the token as `Authorization: Token <token>`. After AIPB_LOGIN_FAILURE_LIMIT failures "
+        "for one username from one address the pair is locked: 429 with Retry-After, even for the right password.",
+        examples=[
+            OpenApiExample("credentials", value={"username": "alice", "password": "correct-horse"}, request_only=True),
+            OpenApiExample(
+                "the token", value={"token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"}, response_only=True
+            ),
+        ],
     )
     def post(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)

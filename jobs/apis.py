@@ -34,6 +34,46 @@ from jobs.serializers import JobOutputSerializer, JobSummarySerializer, job_outp
 from jobs.submission import job_submit
 from jobs.throttles import SubmitThrottle
 
+JOB_EXAMPLE = {
+    "id": "4a1f0c9e-7d5b-4c1e-9f3a-2b8d6e0a1c55",
+    "status": "succeeded",
+    "provider": "openai",
+    "model": "gpt-5-mini",
+    "priority": "normal",
+    "prompt": "A landing page for a cycling club",
+    "options": {},
+    "attempts": 1,
+    "max_attempts": 3,
+    "error_type": "",
+    "error_message": "",
+    "created_at": "2026-12-03T09:00:00.000000Z",
+    "started_at": "2026-12-03T09:00:00.200000Z",
+    "finished_at": "2026-12-03T09:00:07.900000Z",
+    "next_attempt_at": None,
+    "owner": "alice",
+    "result": {"title": "Cycling club", "sections": [{"type": "hero", "heading": "Ride with us"}]},
+    "attempt_history": [
+        {
+            "number": 1,
+            "outcome": "succeeded",
+            "error_type": "",
+            "error_message": "",
+            "started_at": "2026-12-03T09:00:00.210000Z",
+            "finished_at": "2026-12-03T09:00:07.890000Z",
+            "latency_ms": 7680,
+            "prompt_tokens": 812,
+            "completion_tokens": 1450,
+            "cached_tokens": 0,
+            "provider_request_id": "chatcmpl-123",
+        }
+    ],
+}
+SUBMIT_EXAMPLE = {"prompt": "A landing page for a cycling club", "provider": "openai", "model": "gpt-5-mini"}
+
+
+def _job_example(name: str = "a job", status_code: str = "200") -> OpenApiExample:
+    return OpenApiExample(name, value=JOB_EXAMPLE, response_only=True, status_codes=[status_code])
+
 
 class JobListParams(ListParams):
     status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
@@ -60,8 +100,18 @@ class JobListCreateApi(APIView):
 
     @extend_schema(
         operation_id="ai_jobs_list",
+        summary="List jobs",
+        description="Newest first, paginated with limit and offset. Owners see their own jobs, staff see all; "
+        "filter by status, provider, model, priority and error type.",
         parameters=[JobListParams],
         responses={200: paginated(JobSummarySerializer, "PaginatedJobList"), **error_responses(400)},
+        examples=[
+            OpenApiExample(
+                "one page",
+                value={"count": 1, "next": None, "previous": None, "results": [JOB_EXAMPLE]},
+                response_only=True,
+            )
+        ],
     )
     def get(self, request):
         params = parse_query(JobListParams, request)
@@ -77,6 +127,27 @@ class JobListCreateApi(APIView):
             **error_responses(400, 409, 413, 415, 429, 503),
         },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        summary="Submit a page-generation job",
+        description="Validates the prompt, provider and model, commits the job and enqueues it: 201 with the "
+        "job. With an Idempotency-Key, sending the same request again answers 200 with the job it made (409 "
+        "if the body differs). 429 past the submission throttle, 503 while intake is closed.",
+        examples=[
+            OpenApiExample("a page", value=SUBMIT_EXAMPLE, request_only=True),
+            OpenApiExample(
+                "the job made",
+                value={
+                    **JOB_EXAMPLE,
+                    "status": "queued",
+                    "attempts": 0,
+                    "started_at": None,
+                    "finished_at": None,
+                    "result": None,
+                    "attempt_history": [],
+                },
+                response_only=True,
+                status_codes=["201"],
+            ),
+        ],
     )
     def post(self, request):
         fields = parse_body(self.InputSerializer, request.data)
@@ -93,11 +164,23 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses={200: JobOutputSerializer, **error_responses(404)})
+    @extend_schema(
+        responses={200: JobOutputSerializer, **error_responses(404)},
+        summary="One job with its result and attempts",
+        description="The job, its page when it succeeded, and every attempt with its outcome, error, latency "
+        "and tokens. Another user's job is a 404.",
+        examples=[_job_example()],
+    )
     def get(self, request, job_id):
         return Response(job_output(selectors.job_get(user=request.user, job_id=job_id)))
 
-    @extend_schema(responses={204: None, **error_responses(404, 409)})
+    @extend_schema(
+        responses={204: None, **error_responses(404, 409)},
+        summary="Delete a job",
+        description="Deletes a job that is not running, with its attempts and result (usage rows stay, for "
+        "billing). 409 while it runs: cancel is for waiting jobs.",
+        examples=[OpenApiExample("deleted", value=None, response_only=True, status_codes=["204"])],
+    )
     def delete(self, request, job_id):
         actions.job_delete(job_id=job_id, owner=None if request.user.is_staff else request.user, actor=_actor(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -109,7 +192,14 @@ def _actor(request) -> Actor:
 
 
 class JobRetryApi(APIView):
-    @extend_schema(request=None, responses={202: JobOutputSerializer, **error_responses(404, 409)})
+    @extend_schema(
+        request=None,
+        responses={202: JobOutputSerializer, **error_responses(404, 409)},
+        summary="Retry a dead or canceled job",
+        description="Puts the job back on the queue with a fresh budget of max_attempts further attempts and "
+        "resolves its dead letters. 409 unless it is dead or canceled.",
+        examples=[_job_example("queued again", "202")],
+    )
     def post(self, request, job_id):
         job = actions.job_retry(
             job_id=job_id, owner=None if request.user.is_staff else request.user, actor=_actor(request)
@@ -119,7 +209,14 @@ class JobRetryApi(APIView):
 
 
 class JobCancelApi(APIView):
-    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(404, 409)})
+    @extend_schema(
+        request=None,
+        responses={200: JobOutputSerializer, **error_responses(404, 409)},
+        summary="Cancel a waiting job",
+        description="A queued or retrying job becomes canceled and its delivery is removed; a running one "
+        "cannot be canceled (409) and finishes.",
+        examples=[_job_example("canceled")],
+    )
     def post(self, request, job_id):
         job = actions.job_cancel(
             job_id=job_id, owner=None if request.user.is_staff else request.user, actor=_actor(request)
