@@ -8,6 +8,7 @@ interface says who acts (``actor``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -67,11 +68,19 @@ class BulkRetryResult:
         return {"retried": self.retried, "skipped": self.skipped}
 
 
-def dlq_retry_bulk(*, filters: dict | None = None, actor: Actor | None = None, reason: str = "") -> BulkRetryResult:
-    """Retry every open entry matching the filters, each in its own transaction (one bad entry stops nothing)."""
+def dlq_retry_bulk(
+    *,
+    filters: dict | None = None,
+    actor: Actor | None = None,
+    reason: str = "",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BulkRetryResult:
+    """Retry every open entry matching the filters, each in its own transaction (one bad entry stops nothing).
+    on_progress(done, total) after each entry (the command's progress lines)."""
     reason = reason_checked(reason)
     filters = {key: value for key, value in (filters or {}).items() if key != "status"}
     open_entries = dlq_filter(DeadLetter.objects.filter(status=DeadLetterStatus.OPEN), filters)
+    total = open_entries.count() if on_progress is not None else 0
     result = BulkRetryResult(retried=0, skipped=0)
     retried: list[int] = []
     last_id = 0
@@ -85,6 +94,8 @@ def dlq_retry_bulk(*, filters: dict | None = None, actor: Actor | None = None, r
             except ServiceError as exc:
                 log.info("bulk retry skipped dead letter %s: %s", pk, exc.message)
                 result.skipped += 1
+            if on_progress is not None:
+                on_progress(result.retried + result.skipped, max(total, result.retried + result.skipped))
         if len(batch) < BULK_RETRY_BATCH:
             break
         last_id = batch[-1]

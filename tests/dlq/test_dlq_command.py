@@ -13,6 +13,7 @@ from dlq.models import DeadLetter
 from jobs import actions
 from jobs.models import AIJob, JobStatus
 from jobs.queues import all_queues
+from tests.factories import DeadLetterFactory
 
 
 def dlq(*args: str) -> str:
@@ -194,3 +195,19 @@ def test_retry_of_an_entry_whose_job_was_deleted(kill, user):
     entry = kill(user)
     actions.job_delete(job_id=entry.job_uuid)
     assert "was deleted; discard the entry instead" in refused("retry", str(entry.id))
+
+
+class _Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_all_shows_progress_on_a_terminal_only(redis_conn):
+    DeadLetterFactory.create_batch(60)
+    out = _Terminal()
+    call_command("dlq", "retry", "--all", "--yes", stdout=out, stderr=StringIO())
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("retrying:")]
+    assert lines and lines[-1] == "retrying: 60/60 (100%)", out.getvalue()
+    assert 5 <= len(lines) <= 12  # about every 10 %, not a line per entry
+    assert DeadLetter.objects.filter(status="retried").count() == 60

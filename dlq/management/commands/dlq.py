@@ -160,7 +160,12 @@ class Command(OperatorCommand):
                 ),
                 declined="nothing retried",
             )
-            result = services.dlq_retry_bulk(filters=filters, actor=Actor.of_command(), reason=options["reason"])
+            result = services.dlq_retry_bulk(
+                filters=filters,
+                actor=Actor.of_command(),
+                reason=options["reason"],
+                on_progress=self.progress("retrying"),
+            )
             if options["json"]:
                 self.print_json(result.as_dict())
             else:
