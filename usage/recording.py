@@ -41,10 +41,11 @@ class Recorded:
     spooled: bool  # Postgres could not take it: it waits in Redis for usage_spool_replay
 
 
-def _insert(*, job_id, owner_id: int, attempt: int, provider: str, model: str, usage: Usage, at: datetime) -> Decimal:
+def _row(*, job_id, owner_id: int, attempt: int, provider: str, model: str, usage: Usage, at: datetime) -> TokenUsage:
+    """The call's row, its cost fixed now from the price in force at the call (never repriced)."""
     price = price_in_force(provider=provider, model=model, at=at)
     cost = cost_of(usage=usage, price=price)
-    row = TokenUsage(
+    return TokenUsage(
         owner_id=owner_id,
         job_id=job_id,
         attempt=attempt,
@@ -57,8 +58,28 @@ def _insert(*, job_id, owner_id: int, attempt: int, provider: str, model: str, u
         cost=cost,
         created_at=at,
     )
+
+
+def _insert(**fields) -> Decimal | None:
+    row = _row(**fields)
     TokenUsage.objects.bulk_create([row], ignore_conflicts=True)  # ON CONFLICT DO NOTHING: a replay adds nothing
-    return cost
+    return row.cost
+
+
+def usage_record(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> TokenUsage:
+    """One call's row, inside the caller's transaction (tests and tools that build the books by hand; the
+    pipeline uses usage_record_durable)."""
+    row = _row(
+        job_id=job.id,
+        owner_id=job.owner_id,
+        attempt=attempt,
+        provider=job.provider,
+        model=job.model,
+        usage=usage,
+        at=at,
+    )
+    row.save(force_insert=True)
+    return row
 
 
 def usage_record_durable(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> Recorded:

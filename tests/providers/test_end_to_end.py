@@ -16,7 +16,7 @@ from dlq.models import DeadLetter
 from jobs import submission
 from jobs.models import AIJob, JobAttempt, JobStatus
 from tests.fakes import SAMPLE_PAGE
-from usage import services
+from usage import price_sync
 from usage.models import TokenUsage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,7 +53,7 @@ def test_openai_job_succeeds_with_usage_and_request_id(user, run_worker, openai_
 
 
 def test_a_gpt_5_mini_job_is_billed_what_the_price_data_charges(user, run_worker, openai_server):
-    services.prices_sync(fetch=False)  # what `make run` does on start (this test's database starts empty)
+    price_sync.prices_sync(fetch=False)  # what `make run` does on start (this test's database starts empty)
     # a reasoning model: 2,000 of its 2,350 output tokens were thinking, billed as output
     openai_server.enqueue(
         {"name": "ok", "usage": {"completion_tokens": 2350, "total_tokens": 3550,

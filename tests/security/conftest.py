@@ -15,7 +15,7 @@ from jobs import pipeline
 from jobs.models import AIJob
 from jobs.providers.base import Usage
 from tests.factories import submit_job
-from usage.services import usage_record
+from usage.recording import usage_record
 
 
 def token_client(user) -> APIClient:

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from jobs.models import AIJob, JobStatus
 from jobs.providers.base import Usage
 from usage.models import ModelPrice, TokenUsage
-from usage.services import usage_record
+from usage.recording import usage_record
 
 seed_migration = importlib.import_module("usage.migrations.0003_seed_prices")
 price_data_migration = importlib.import_module("usage.migrations.0006_seed_price_data")

@@ -1,4 +1,4 @@
-"""usage.services.prices_sync: the genai-prices data's prices as dated ModelPrice rows. Idempotent; a
+"""usage.price_sync.prices_sync: the genai-prices data's prices as dated ModelPrice rows. Idempotent; a
 changed price adds one dated row and reprices nothing recorded; an operator's price always wins.
 
 Price changes are made the way the package itself delivers them: a DataSnapshot installed as the data in
@@ -16,7 +16,7 @@ from genai_prices import Usage as DataUsage
 from genai_prices import calc_price, data_snapshot
 from genai_prices import types as price_types
 
-from usage import services
+from usage import price_sync, services
 from usage.models import ModelPrice, PriceSource, TokenUsage
 from usage.pricing import COST_QUANTUM, price_in_force
 
@@ -65,8 +65,8 @@ def _rows(model: str) -> list[tuple]:
 
 def test_a_second_sync_adds_nothing(prices):
     count = ModelPrice.objects.count()
-    first = services.prices_sync(fetch=False)
-    second = services.prices_sync(fetch=False)
+    first = price_sync.prices_sync(fetch=False)
+    second = price_sync.prices_sync(fetch=False)
     assert first.added == second.added == []
     assert first.unchanged == second.unchanged > 100
     assert ModelPrice.objects.count() == count
@@ -74,10 +74,10 @@ def test_a_second_sync_adds_nothing(prices):
 
 def test_from_an_empty_table_each_price_is_added_once_from_its_start(db):
     ModelPrice.objects.all().delete()
-    dry = services.prices_sync(fetch=False, dry_run=True)
+    dry = price_sync.prices_sync(fetch=False, dry_run=True)
     assert dry.dry_run and len(dry.added) > 100 and ModelPrice.objects.count() == 0
 
-    done = services.prices_sync(fetch=False)
+    done = price_sync.prices_sync(fetch=False)
     assert [(c.provider, c.model, c.effective_from) for c in done.added] == [
         (c.provider, c.model, c.effective_from) for c in dry.added
     ]
@@ -96,7 +96,7 @@ def test_from_an_empty_table_each_price_is_added_once_from_its_start(db):
         "input_per_million": [[200_000, "6"]], "output_per_million": [[200_000, "22.5"]],
         "cached_input_per_million": [[200_000, "0.6"]], "cache_write_per_million": [[200_000, "7.5"]],
     }  # fmt: skip
-    assert services.prices_sync(fetch=False).added == []
+    assert price_sync.prices_sync(fetch=False).added == []
 
 
 def test_a_changed_price_adds_one_dated_row_and_recorded_costs_stay(prices, user, install):
@@ -104,7 +104,7 @@ def test_a_changed_price_adds_one_dated_row_and_recorded_costs_stay(prices, user
                     at=utc(2026, 2, 1))  # fmt: skip
     install("gpt-5-mini", _changed_on(date(2026, 6, 1)))
 
-    result = services.prices_sync(fetch=False)
+    result = price_sync.prices_sync(fetch=False)
 
     [change] = result.added
     assert (change.provider, change.model, change.effective_from) == ("openai", "gpt-5-mini", utc(2026, 6, 1))
@@ -122,7 +122,7 @@ def test_a_changed_price_adds_one_dated_row_and_recorded_costs_stay(prices, user
         model_ref="gpt-5-mini", provider_id="openai", genai_request_timestamp=utc(2026, 7, 1),
     ).total_price  # fmt: skip
     assert after.cost == expected.quantize(COST_QUANTUM) == D("0.004860000")
-    assert services.prices_sync(fetch=False).added == [], "and the next sync is a no-op again"
+    assert price_sync.prices_sync(fetch=False).added == [], "and the next sync is a no-op again"
 
 
 def test_a_change_dated_before_recorded_usage_takes_effect_at_the_sync(prices, user, install):
@@ -130,7 +130,7 @@ def test_a_change_dated_before_recorded_usage_takes_effect_at_the_sync(prices, u
     install("gpt-5-mini", _changed_on(date(2026, 6, 1)))
     now = datetime(2026, 9, 1, 12, tzinfo=UTC)
 
-    [change] = services.prices_sync(fetch=False, now=now).added
+    [change] = price_sync.prices_sync(fetch=False, now=now).added
 
     assert change.effective_from == now, "not 2026-06-01: the call on 2026-08-01 was costed at the old price"
     assert price_in_force(provider="openai", model="gpt-5-mini", at=utc(2026, 8, 1)).input_per_million == D("0.25")
@@ -139,7 +139,7 @@ def test_a_change_dated_before_recorded_usage_takes_effect_at_the_sync(prices, u
 
 def test_an_operator_price_wins_and_the_sync_leaves_the_model_alone(prices, user, install):
     install("gpt-5-mini", _changed_on(date(2027, 6, 1)))
-    scheduled = services.prices_sync(fetch=False)
+    scheduled = price_sync.prices_sync(fetch=False)
     assert [(c.model, c.effective_from) for c in scheduled.added] == [("gpt-5-mini", utc(2027, 6, 1))]
 
     operator = services.price_set(provider="openai", model="gpt-5-mini", input_per_million="0.2",
@@ -148,7 +148,7 @@ def test_an_operator_price_wins_and_the_sync_leaves_the_model_alone(prices, user
     # the data's row scheduled for 2027 does not displace the operator's price when its day comes
     assert price_in_force(provider="openai", model="gpt-5-mini", at=utc(2027, 7, 1)) == operator
     install("gpt-5-mini", _changed_on(date(2027, 9, 1)))
-    result = services.prices_sync(fetch=False)
+    result = price_sync.prices_sync(fetch=False)
     assert result.added == [] and ("openai", "gpt-5-mini") in result.operator_priced
     row = record(user, provider="openai", model="gpt-5-mini", prompt=1_000_000, completion=0, at=utc(2027, 10, 1))
     assert row.cost == D("0.2")
@@ -158,7 +158,7 @@ def test_models_without_a_usable_price_stay_unpriced_and_are_reported(prices, in
     install("gpt-5-mini", price_types.ModelPrice(input_mtok=D("1"), output_mtok=D("2"), requests_kcount=D("5")))
     count = ModelPrice.objects.count()
 
-    result = services.prices_sync(fetch=False)
+    result = price_sync.prices_sync(fetch=False)
 
     reasons = {(provider, model): why for provider, model, why in result.unpriced}
     assert reasons[("google", "gemma-4-31b-it")] == "the price data has no price for it"
@@ -171,7 +171,7 @@ def test_a_model_priced_for_the_first_time_after_unpriced_calls_is_priced_from_t
     unpriced = record(user, provider="openai", model="gpt-5-nano", prompt=100, completion=10, at=timezone.now())
     assert unpriced.cost is None
 
-    [change] = services.prices_sync(fetch=False).added
+    [change] = price_sync.prices_sync(fetch=False).added
 
     assert change.model == "gpt-5-nano" and change.previous is None
     assert change.effective_from > unpriced.created_at, "the data has no start date: not before the call"

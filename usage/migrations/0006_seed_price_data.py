@@ -9,7 +9,7 @@ import importlib
 
 from django.db import migrations
 
-from usage import services
+from usage import price_sync
 
 seed_0003 = importlib.import_module("usage.migrations.0003_seed_prices")
 
@@ -29,9 +29,9 @@ def mark_seed_rows(price_model) -> int:
     return marked
 
 
-def seed_price_data(price_model, usage_model) -> services.PricesSynced:
+def seed_price_data(price_model, usage_model) -> price_sync.PricesSynced:
     mark_seed_rows(price_model)
-    return services.prices_sync(fetch=False, price_model=price_model, usage_model=usage_model)
+    return price_sync.prices_sync(fetch=False, price_model=price_model, usage_model=usage_model)
 
 
 def forwards(apps, schema_editor):

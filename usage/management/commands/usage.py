@@ -20,7 +20,7 @@ from django.utils import timezone
 from aipb.commands import OperatorCommand, parse_day
 from aipb.exceptions import ServiceError
 from audit.records import Actor
-from usage import pricing, reports, selectors, services
+from usage import price_sync, pricing, reports, selectors, services
 
 MAX_PRICE_FILE_BYTES = 5 * 1024 * 1024
 
@@ -211,7 +211,7 @@ class Command(OperatorCommand):
             self.stdout.write(f"  {price.provider}/{price.model} from {price.effective_from.isoformat()}")
 
     def _prices_sync(self, **options) -> None:
-        result = services.prices_sync(dry_run=options["dry_run"], actor=Actor.of_command())
+        result = price_sync.prices_sync(dry_run=options["dry_run"], actor=Actor.of_command())
         info = pricing.price_data_info()
         if options["json"]:
             self.print_json(
