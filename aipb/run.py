@@ -18,13 +18,9 @@ embedded Postgres and Redis are stopped too.
 from __future__ import annotations
 
 import ctypes
-import errno
-import fcntl
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,11 +32,11 @@ from django.core.exceptions import ImproperlyConfigured
 from aipb import embedded
 from aipb.env import env_float, env_int, env_str
 from aipb.queue_names import AI_QUEUES
+from aipb.run_lock import PID_FILE, AlreadyRunning, lock_holder, port_problem, running_message, take_lock
 
 THREADED_WORKER = "jobs.threaded_worker.AIPBThreadedWorker"
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PID_FILE = embedded.VAR_DIR / "run.pid"
 POLL_SECONDS = 0.1
 
 _PR_SET_PDEATHSIG = 1
@@ -133,89 +129,16 @@ def _children(config: Config) -> list[Child]:
     ]
 
 
-# --- one instance per var dir: a lock held for the life of the process ---------------------------------
-
-
-class AlreadyRunning(Exception):
-    pass
-
-
-def _read_pid_file() -> dict:
-    try:
-        return json.loads(PID_FILE.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-def _running_message(info: dict) -> str:
-    pid = info.get("pid", "?")
-    where = f" at http://{info['bind']}/" if info.get("bind") else ""
-    return (
-        f"aipb is already running here (pid {pid}{where}, var dir {embedded.VAR_DIR}). "
-        "Stop it with `make stop` (or Ctrl-C in its terminal), or use that one."
-    )
-
-
-def _lock(config: Config) -> int:
-    """Take the run lock or raise AlreadyRunning. The kernel drops the lock when this process dies,
-    however it dies, so a stale pid file never blocks the next run."""
-    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(PID_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AlreadyRunning(_running_message(_read_pid_file())) from None
-    info = {"pid": os.getpid(), "pgid": os.getpgrp(), "bind": config.bind, "started": time.time()}
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(info).encode())
-    return fd
-
-
-def _lock_holder() -> dict | None:
-    """The pid file's contents while a run holds the lock, else None."""
-    try:
-        fd = os.open(PID_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_pid_file()
-    finally:
-        os.close(fd)  # also releases a lock we got
-    return None
-
-
-def _port_problem(bind: str, what: str) -> str | None:
-    if bind.startswith(("unix:", "fd://")):
-        return None
-    host, _, port = bind.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is no conflict
-        try:
-            sock.bind((host, int(port)))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return f"{bind} ({what}) is in use by another program"
-            return f"cannot listen on {bind} ({what}): {exc.strerror or exc}"
-        except ValueError:
-            return f"{bind} ({what}) is not host:port"
-    return None
-
-
 def check(config: Config) -> str | None:
     """Why a run cannot start here now, or None."""
-    holder = _lock_holder()
+    holder = lock_holder()
     if holder is not None:
-        return _running_message(holder)
+        return running_message(holder)
     problems = [
         p
         for p in (
-            _port_problem(config.bind, "web, AIPB_BIND"),
-            _port_problem(config.metrics_bind, "metrics, AIPB_METRICS_BIND"),
+            port_problem(config.bind, "web, AIPB_BIND"),
+            port_problem(config.metrics_bind, "metrics, AIPB_METRICS_BIND"),
         )
         if p
     ]
@@ -368,11 +291,11 @@ def _banner(config: Config) -> str:
 
 
 def start(config: Config) -> int:
-    problem = _port_problem(config.bind, "web, AIPB_BIND") or _port_problem(
+    problem = port_problem(config.bind, "web, AIPB_BIND") or port_problem(
         config.metrics_bind, "metrics, AIPB_METRICS_BIND"
     )
     try:
-        lock = _lock(config)
+        lock = take_lock(bind=config.bind)
     except AlreadyRunning as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -392,7 +315,7 @@ def start(config: Config) -> int:
 
 
 def stop(config: Config) -> int:
-    holder = _lock_holder()
+    holder = lock_holder()
     if holder is None:
         print("aipb is not running here")
         return 0
@@ -402,7 +325,7 @@ def stop(config: Config) -> int:
         return 1
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + config.stop_timeout + 30
-    while _lock_holder() is not None:
+    while lock_holder() is not None:
         if time.monotonic() > deadline:
             print(f"aipb (pid {pid}) is still stopping; see its terminal", file=sys.stderr)
             return 1
