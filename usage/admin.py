@@ -4,8 +4,6 @@ new row (history kept); the spend page: any range of days, by provider, model, u
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
-from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
@@ -22,7 +20,7 @@ from aipb.exceptions import ServiceError
 from audit.models import AuditSource
 from audit.records import Actor
 from jobs import catalogue
-from usage import reports, services
+from usage import reports, services, spend_page
 from usage.models import ModelPrice, PriceSource, TokenUsage
 
 # --- TokenUsage ---
@@ -171,7 +169,7 @@ class TokenUsageAdmin(admin.ModelAdmin):
         tables and bars (inline SVG and CSS, no scripts); `format=csv` downloads the report's CSV lines."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        form = SpendForm(request.GET)
+        form = spend_page.SpendForm(request.GET)
         filters, report = None, None
         if form.is_valid():
             try:
@@ -194,7 +192,7 @@ class TokenUsageAdmin(admin.ModelAdmin):
             return response
         if filters is not None:
             report = reports.usage_report(filters=filters, top=reports.MAX_TOP)
-            report["by_date"] = _every_day(report["by_date"], filters)
+            report["by_date"] = spend_page.every_day(report["by_date"], filters)
         query = request.GET.copy()
         query["format"] = "csv"
         context = {
@@ -203,86 +201,13 @@ class TokenUsageAdmin(admin.ModelAdmin):
             "title": f"Spend {report['start']} to {report['end']} (UTC)" if report else "Spend",
             "form": form,
             "summary": report,
-            "providers": _provider_bars(report["by_provider"]) if report else [],
-            "chart": _day_chart(report["by_date"]) if report else None,
+            "providers": spend_page.provider_bars(report["by_provider"]) if report else [],
+            "chart": spend_page.day_chart(report["by_date"]) if report else None,
             "csv_url": "?" + query.urlencode() if report else "",
             "changelist_url": reverse("admin:usage_tokenusage_changelist"),
             "prices_url": reverse("admin:usage_modelprice_changelist"),
         }
         return TemplateResponse(request, "admin/usage/spend.html", context)
-
-
-class SpendForm(forms.Form):
-    """The spend page's range and filters; usage.reports checks them (range length, provider, user) once more."""
-
-    start = forms.DateField(required=False, help_text="first UTC day; default the 1st of the end's month")
-    end = forms.DateField(required=False, help_text="last UTC day, included; default today")
-    provider = forms.ChoiceField(required=False, choices=[("", "every provider")])
-    model = forms.CharField(required=False, max_length=200)
-    user = forms.CharField(required=False, max_length=150, help_text="a username")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["provider"].choices = [("", "every provider"), *((p, p) for p in catalogue.PROVIDER_IDS)]
-        for field in self.fields.values():
-            if isinstance(field, forms.DateField):
-                field.widget = forms.DateInput(attrs={"type": "date"})
-
-
-def _every_day(by_date: dict, filters: reports.ReportFilters) -> dict:
-    """Every day of the range, days without usage at zero, so the bars keep the calendar's spacing."""
-    zero = {key: 0 for key in reports.TOTAL_KEYS} | {"estimated_cost": reports.money(None)}
-    days, day = {}, filters.start
-    while day <= filters.end:
-        days[day.isoformat()] = by_date.get(day.isoformat()) or dict(zero)
-        day += timedelta(days=1)
-    return days
-
-
-def _provider_bars(by_provider: dict) -> list[dict]:
-    top = max((Decimal(t["estimated_cost"]) for t in by_provider.values()), default=Decimal(0))
-    return [
-        {
-            "name": name,
-            "totals": totals,
-            "percent": _percent(Decimal(totals["estimated_cost"]), top),
-        }
-        for name, totals in sorted(by_provider.items(), key=lambda item: -Decimal(item[1]["estimated_cost"]))
-    ]
-
-
-CHART_HEIGHT = 160
-BAR_PITCH = 22
-
-
-def _day_chart(by_date: dict) -> dict:
-    top = max((Decimal(t["estimated_cost"]) for t in by_date.values()), default=Decimal(0))
-    bars = []
-    for index, (day, totals) in enumerate(by_date.items()):
-        height = int(_percent(Decimal(totals["estimated_cost"]), top) * CHART_HEIGHT / 100)
-        bars.append(
-            {
-                "day": day,
-                "label": day[8:],
-                "totals": totals,
-                "x": index * BAR_PITCH + 2,
-                "label_x": index * BAR_PITCH + BAR_PITCH // 2,
-                "y": CHART_HEIGHT - height,
-                "height": height,
-            }
-        )
-    return {
-        "bars": bars,
-        "width": max(len(bars), 1) * BAR_PITCH,
-        "height": CHART_HEIGHT,
-        "label_y": CHART_HEIGHT + 14,
-        "max_cost": reports.money(top),
-        "bar_width": BAR_PITCH - 4,
-    }
-
-
-def _percent(value: Decimal, top: Decimal) -> float:
-    return 0.0 if top <= 0 else round(float(value / top * 100), 1)
 
 
 # --- ModelPrice ---
