@@ -34,6 +34,11 @@ class Actor:
         return cls(name=request.user.get_username(), source=source, user_id=request.user.pk)
 
     @classmethod
+    def of_api(cls, request) -> Actor:
+        """Who acts through the REST API."""
+        return cls.of_request(request, source=AuditSource.API)
+
+    @classmethod
     def of_command(cls) -> Actor:
         try:
             name = getpass.getuser()

@@ -17,7 +17,6 @@ from aipb.api import (
     parse_body,
     parse_query,
 )
-from audit.models import AuditSource
 from audit.records import Actor
 from dlq import selectors, services
 from dlq.models import DeadLetterStatus
@@ -120,10 +119,6 @@ class DeadLetterStatsApi(StaffApi):
         return Response(DeadLetterStatsSerializer(selectors.dlq_stats()).data)
 
 
-def _actor(request) -> Actor:
-    return Actor.of_request(request, source=AuditSource.API)
-
-
 class DeadLetterRetryApi(StaffApi):
     @extend_schema(
         operation_id="ai_dlq_retry",
@@ -146,7 +141,7 @@ class DeadLetterRetryApi(StaffApi):
         responses={202: DeadLetterRetryOutputSerializer, **error_responses(400, 404, 409)},
     )
     def post(self, request, entry_id: int):
-        entry, job = services.dlq_retry(entry_id=entry_id, actor=_actor(request))
+        entry, job = services.dlq_retry(entry_id=entry_id, actor=Actor.of_api(request))
         data = {"dlq_id": entry.id, "job_id": job.id, "status": job.status}
         return Response(DeadLetterRetryOutputSerializer(data).data, status=status.HTTP_202_ACCEPTED)
 
@@ -172,7 +167,9 @@ class DeadLetterBulkRetryApi(StaffApi):
         responses={202: BulkRetryOutputSerializer, **error_responses(400, 413, 415)},
     )
     def post(self, request):
-        result = services.dlq_retry_bulk(filters=parse_body(DeadLetterFilters, request.data), actor=_actor(request))
+        result = services.dlq_retry_bulk(
+            filters=parse_body(DeadLetterFilters, request.data), actor=Actor.of_api(request)
+        )
         return Response(BulkRetryOutputSerializer(result.as_dict()).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -195,5 +192,5 @@ class DeadLetterDiscardApi(StaffApi):
         responses={200: DeadLetterOutputSerializer, **error_responses(400, 404, 409)},
     )
     def post(self, request, entry_id: int):
-        entry = services.dlq_discard(entry_id=entry_id, actor=_actor(request))
+        entry = services.dlq_discard(entry_id=entry_id, actor=Actor.of_api(request))
         return Response(DeadLetterOutputSerializer(entry).data)

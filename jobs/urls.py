@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs import apis
+from jobs import apis, queue_apis
 
 urlpatterns = [
     path("jobs", apis.JobListCreateApi.as_view(), name="job-list"),
@@ -9,8 +9,8 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/cancel", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("providers", apis.ProviderListApi.as_view(), name="provider-list"),
     path("jobs/metrics", apis.JobMetricsApi.as_view(), name="job-metrics"),
-    path("queue", apis.QueueStatusApi.as_view(), name="queue-status"),
-    path("queue/pause", apis.QueuePauseApi.as_view(), name="queue-pause"),
-    path("queue/resume", apis.QueueResumeApi.as_view(), name="queue-resume"),
-    path("queue/intake", apis.QueueIntakeApi.as_view(), name="queue-intake"),
+    path("queue", queue_apis.QueueStatusApi.as_view(), name="queue-status"),
+    path("queue/pause", queue_apis.QueuePauseApi.as_view(), name="queue-pause"),
+    path("queue/resume", queue_apis.QueueResumeApi.as_view(), name="queue-resume"),
+    path("queue/intake", queue_apis.QueueIntakeApi.as_view(), name="queue-intake"),
 ]
