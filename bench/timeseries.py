@@ -5,7 +5,7 @@ TokenUsage row per attempt, all inside the 7-day window, written by ``INSERT ...
 then VACUUM ANALYZE. Figures:
 
 - the cold fill: the first 7-day request, which rolls up every settled minute of the week from the rows
-  (monitoring.timeseries.rollup_fill; the same work the raw GROUP BYs would do on every request);
+  (monitoring.rollups.rollup_fill; the same work the raw GROUP BYs would do on every request);
 - ``stats_timeseries`` for each window once the rollup is warm, over repeated calls (each still rolls up
   any minute that settled meanwhile and computes the last minutes from the rows);
 - the 7-day window through the API (``GET /api/ai/stats/timeseries?window=7d``, DRF's test client, no
