@@ -28,10 +28,6 @@ from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConn
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_client: redis.Redis | None = None
-_client_pid: int | None = None
-_fast: redis.Redis | None = None
-_fast_pid: int | None = None
 _open_until = 0.0  # monotonic time until which best_effort() skips Redis (this process)
 
 FAST_CONNECT_SECONDS = 0.5  # Redis down answers at once (refused) or within this (host unreachable)
@@ -92,28 +88,44 @@ def _build(*, fail_fast: bool = False) -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, **common)
 
 
+class _PerProcess:
+    """A client built once per process: a forked child (an RQ work-horse) builds its own pool."""
+
+    def __init__(self, build: Callable[[], redis.Redis]) -> None:
+        self._build = build
+        self._client: redis.Redis | None = None
+        self._pid: int | None = None
+
+    def get(self) -> redis.Redis:
+        pid = os.getpid()
+        if self._client is None or self._pid != pid:
+            with _lock:
+                if self._client is None or self._pid != pid:
+                    self._client, self._pid = self._build(), pid
+        return self._client
+
+    def forget(self) -> None:
+        self._client = None
+
+
+_resilient = _PerProcess(_build)
+_fail_fast = _PerProcess(lambda: _build(fail_fast=True))
+
+
 def get_redis() -> redis.Redis:
-    """The process-wide client; a forked child (RQ work-horse) builds its own pool."""
-    global _client, _client_pid
-    pid = os.getpid()
-    if _client is None or _client_pid != pid:
-        with _lock:
-            if _client is None or _client_pid != pid:
-                _client = _build()
-                _client_pid = pid
-    return _client
+    """The process-wide client (retries with backoff: workers, reconcile, the operator's reads)."""
+    return _resilient.get()
 
 
 def fast_client() -> redis.Redis:
     """The fail-fast client (no retries, short timeouts); call it through best_effort()."""
-    global _fast, _fast_pid
-    pid = os.getpid()
-    if _fast is None or _fast_pid != pid:
-        with _lock:
-            if _fast is None or _fast_pid != pid:
-                _fast = _build(fail_fast=True)
-                _fast_pid = pid
-    return _fast
+    return _fail_fast.get()
+
+
+def forget_clients() -> None:
+    """Build the clients again at next use (settings changed: tests pointing Redis elsewhere)."""
+    _resilient.forget()
+    _fail_fast.forget()
 
 
 def redis_skipped() -> bool:

@@ -29,7 +29,7 @@ class RedisOutage:
 
     def _rebuild(self, url: str) -> None:
         self.settings.REDIS_URL = url
-        redis_client._fast = None
+        redis_client.forget_clients()
         redis_client.reset_circuit()
 
     def begin(self) -> None:

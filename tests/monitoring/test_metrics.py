@@ -319,8 +319,8 @@ def test_pipeline_feeds_the_validation_window(user, run_worker, redis_conn):
 def test_redis_down_leaves_the_redis_gauges_out_but_scrape_works(db, monkeypatch):
     # nothing listens on port 1; no retries, so the test does not wait out the backoff
     down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, retry_on_timeout=False)
-    monkeypatch.setattr(redis_client, "_client", down)
-    monkeypatch.setattr(redis_client, "_client_pid", os.getpid())
+    monkeypatch.setattr(redis_client._resilient, "_client", down)
+    monkeypatch.setattr(redis_client._resilient, "_pid", os.getpid())
 
     text = Client().get("/metrics").content.decode()
     # the pipeline's metrics call still works: the window write fails quietly
