@@ -69,10 +69,15 @@ def enqueue_delivery(
         "failure_ttl": 86_400,
         "description": f"ai job {job_id}",
     }
-    if delay > 0:
-        queue.enqueue_at(_run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, provider, **kwargs)
-    else:
-        queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, **kwargs)
+    # One pipeline: RQ otherwise sends the queue's registration and the job as two round trips.
+    with queue.connection.pipeline() as pipe:
+        if delay > 0:
+            queue.enqueue_at(
+                _run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs
+            )
+        else:
+            queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs)
+        pipe.execute()
 
 
 def delivery_delete(rq_job_id: str) -> None:
