@@ -206,12 +206,13 @@ def _record_through_outage(job, record, page, classified) -> _Recorded:
 
 
 def _recorded_already(job: AIJob, record: AttemptRecord) -> _Recorded | None:
-    """The commit may have gone through before the connection died: then the attempt's row exists."""
+    """The commit may have gone through before the connection died: then the attempt's row exists. An
+    abandoned row is lease recovery's (it took the job back while Postgres was away): recording again adds
+    what only this worker knows to it (found by the Postgres-restart drill: the answered call's validation
+    was missing from the row), so it does not count as done."""
     outcome = JobAttempt.objects.filter(job_id=job.id, number=record.number).values_list("outcome", flat=True).first()
-    if outcome is None:
+    if outcome is None or outcome == AttemptOutcome.ABANDONED:
         return None
-    if outcome == AttemptOutcome.ABANDONED:
-        return _Recorded(outcome=None, status=None)
     return _Recorded(outcome=outcome, status=AIJob.objects.values_list("status", flat=True).get(id=job.id))
 
 

@@ -28,7 +28,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 TOKEN = "prom-e2e-token"
 # Grafana's built-in variables, as Grafana would expand them for a short time range
-GRAFANA_VARS = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$__interval": "1s", "$__range": "5m"}
+GRAFANA_VARS = {
+    "$__rate_interval": "1m",
+    "${__rate_interval}": "1m",
+    "$__interval": "1s",
+    "$__range": "5m",
+    # the dashboard's own variables, as Grafana sends them with "All" selected (their allValue)
+    "$provider": ".*",
+    "$model": ".*",
+    "$instance": ".*",
+}
 JOBS = ("aipb-api", "aipb-workers")
 
 

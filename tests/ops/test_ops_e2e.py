@@ -58,8 +58,10 @@ def test_staff_opens_the_operations_page_and_the_job_list_in_chromium(
     assert re.search(r'id="spend-total">[0-9.]+<', html)
     assert 'href="/django-rq/"' in html
 
-    # the pause button: a real form POST with the CSRF token the page carries
+    # the pause button: a real form POST with the CSRF token the page carries, then its confirmation step
     browser.click("#pause-button")
+    assert "confirm-button" in browser.html() and not queue_control.queue_is_paused()  # asked, nothing changed
+    browser.click("#confirm-button")
     assert browser.evaluate("location.pathname") == "/admin/operations/"
     assert re.search(r'id="paused-state">PAUSED<', browser.html())
     assert queue_control.queue_is_paused()
@@ -80,8 +82,8 @@ def test_staff_opens_the_operations_page_and_the_job_list_in_chromium(
         ".map(tr => Array.from(tr.querySelectorAll('th, td')).map(c => c.innerText.trim()))"
     )
     by_id = {row[1]: row for row in rows}
-    assert by_id[str(dead.id)][2:4] == ["Dead", "simulated"]
-    assert by_id[str(done.id)][2] == "Succeeded"
+    assert by_id[str(dead.id)][2:4] == ["dead", "simulated"]  # the status as the API and commands say it, coloured
+    assert by_id[str(done.id)][2] == "succeeded"
     assert len(rows) == 5
 
     # and one job's page with its JSON
