@@ -12,13 +12,10 @@ import uuid
 
 from django.contrib import admin, messages
 from django.db.models import Q
-from django.http import Http404
-from django.shortcuts import redirect
-from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
 
-from aipb.admin_mixins import StaffReadOnlyMixin, badge, timestamp, timestamp_column
+from aipb.admin_mixins import ObjectButtonsMixin, StaffReadOnlyMixin, badge, timestamp, timestamp_column
 from aipb.exceptions import ServiceError
 from audit.models import AuditSource
 from audit.records import Actor
@@ -53,7 +50,7 @@ ENTRY_BUTTONS = {
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
+class DeadLetterAdmin(ObjectButtonsMixin, StaffReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "job_uuid",
@@ -148,55 +145,27 @@ class DeadLetterAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     def discard_selected(self, request, queryset):
         self._apply(request, queryset, "discarded", services.dlq_discard)
 
-    # --- an entry's own page: retry / discard, each confirmed first ---
+    # --- an entry's own page: retry / discard, each confirmed first (ObjectButtonsMixin) ---
 
-    def get_urls(self):
-        button = self.admin_site.admin_view(self.button_view)
-        return [path("<path:object_id>/do/<str:action>/", button, name="dlq_deadletter_button"), *super().get_urls()]
+    button_noun = "dead letter"
+    button_context_name = "entry_buttons"
+    object_buttons = ENTRY_BUTTONS
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        entry = self.get_object(request, object_id)
-        buttons = []
-        if entry is not None and entry.status == DeadLetterStatus.OPEN:
-            buttons = [
-                {"action": action, "url": reverse("admin:dlq_deadletter_button", args=[entry.pk, action])}
-                for action in ENTRY_BUTTONS
-                if action != "retry" or entry.job_id is not None  # a deleted job cannot be retried
-            ]
-        extra_context = {**(extra_context or {}), "entry_buttons": buttons}
-        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+    def object_button_actions(self, obj: DeadLetter) -> list[str]:
+        if obj.status != DeadLetterStatus.OPEN:
+            return []
+        # a deleted job cannot be retried
+        return [action for action in ENTRY_BUTTONS if action != "retry" or obj.job_id is not None]
 
-    def button_view(self, request, object_id, action):
-        """GET: what the button will do, and a form to do it; POST (the admin's CSRF check): do it."""
-        entry = self.get_object(request, object_id)
-        if entry is None or action not in ENTRY_BUTTONS:
-            raise Http404(f"no dead letter {object_id} or no button {action!r}")
-        change_url = reverse("admin:dlq_deadletter_change", args=[entry.pk])
-        if request.method == "POST":
-            service = services.dlq_retry if action == "retry" else services.dlq_discard
-            try:
-                service(
-                    entry_id=entry.pk,
-                    actor=Actor.of_request(request, source=AuditSource.ADMIN),
-                    reason=request.POST.get("reason", "").strip(),
-                )
-            except ServiceError as exc:  # resolved meanwhile, the job deleted, or the reason refused
-                self.message_user(request, f"Not done: {exc.message}", messages.WARNING)
-            else:
-                self.message_user(request, f"Dead letter {entry.pk}: {action} done.", messages.SUCCESS)
-            return redirect(change_url)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"{action.capitalize()} dead letter {entry.pk}?",
-            "object": entry,
-            "object_url": change_url,
-            "what": ENTRY_BUTTONS[action],
-            "state": f"The entry is {entry.status}; its job {entry.job_uuid} died with {entry.error_type} "
-            f"at {timestamp(entry.created_at)}.",
-            "action": action,
-        }
-        return TemplateResponse(request, "admin/object_action_confirm.html", context)
+    def object_button_state(self, obj: DeadLetter) -> str:
+        return (
+            f"The entry is {obj.status}; its job {obj.job_uuid} died with {obj.error_type} "
+            f"at {timestamp(obj.created_at)}."
+        )
+
+    def object_button_perform(self, request, obj: DeadLetter, action: str, reason: str) -> None:
+        service = services.dlq_retry if action == "retry" else services.dlq_discard
+        service(entry_id=obj.pk, actor=Actor.of_request(request, source=AuditSource.ADMIN), reason=reason)
 
     # --- display ---
 

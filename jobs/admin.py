@@ -15,14 +15,11 @@ import uuid
 
 from django.contrib import admin, messages
 from django.db.models import Q
-from django.http import Http404
-from django.shortcuts import redirect
-from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from aipb.admin_mixins import StaffReadOnlyMixin, badge, timestamp_column
+from aipb.admin_mixins import ObjectButtonsMixin, StaffReadOnlyMixin, badge, timestamp_column
 from aipb.commands import age
 from aipb.exceptions import NotFound, ServiceError
 from audit.models import AuditSource
@@ -75,7 +72,7 @@ class JobAttemptInline(StaffReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(AIJob)
-class AIJobAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
+class AIJobAdmin(ObjectButtonsMixin, StaffReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "status_badge",
@@ -214,53 +211,22 @@ class AIJobAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
     def delete_selected_jobs(self, request, queryset):
         self._apply(request, queryset, "deleted", actions.job_delete)
 
-    # --- a job's own page: retry / cancel, each confirmed first ---
+    # --- a job's own page: retry / cancel, each confirmed first (ObjectButtonsMixin) ---
 
-    def get_urls(self):
-        button = self.admin_site.admin_view(self.button_view)
-        return [path("<path:object_id>/do/<str:action>/", button, name="jobs_aijob_button"), *super().get_urls()]
+    button_noun = "job"
+    button_context_name = "job_buttons"
+    object_buttons = {action: what for action, (what, _) in JOB_BUTTONS.items()}
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        job = self.get_object(request, object_id)
-        buttons = [
-            {"action": action, "url": reverse("admin:jobs_aijob_button", args=[job.pk, action])}
-            for action, (_, statuses) in JOB_BUTTONS.items()
-            if job is not None and job.status in statuses
-        ]
-        extra_context = {**(extra_context or {}), "job_buttons": buttons}
-        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+    def object_button_actions(self, obj: AIJob) -> list[str]:
+        return [action for action, (_, statuses) in JOB_BUTTONS.items() if obj.status in statuses]
 
-    def button_view(self, request, object_id, action):
-        """GET: what the button will do, and a form to do it; POST (the admin's CSRF check): do it."""
-        job = self.get_object(request, object_id)
-        if job is None or action not in JOB_BUTTONS:
-            raise Http404(f"no job {object_id} or no button {action!r}")
-        change_url = reverse("admin:jobs_aijob_change", args=[job.pk])
-        if request.method == "POST":
-            service = actions.job_retry if action == "retry" else actions.job_cancel
-            try:
-                service(
-                    job_id=job.pk,
-                    actor=Actor.of_request(request, source=AuditSource.ADMIN),
-                    reason=request.POST.get("reason", "").strip(),
-                )
-            except ServiceError as exc:  # the state changed meanwhile, or the reason is refused
-                self.message_user(request, f"Not done: {exc.message}", messages.WARNING)
-            else:
-                log.warning("admin: %s %s job %s", request.user.get_username(), action, job.pk)
-                self.message_user(request, f"Job {job.pk}: {action} done.", messages.SUCCESS)
-            return redirect(change_url)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"{action.capitalize()} job {job.pk}?",
-            "object": job,
-            "object_url": change_url,
-            "what": JOB_BUTTONS[action][0],
-            "state": f"The job is {job.status} now.",
-            "action": action,
-        }
-        return TemplateResponse(request, "admin/object_action_confirm.html", context)
+    def object_button_state(self, obj: AIJob) -> str:
+        return f"The job is {obj.status} now."
+
+    def object_button_perform(self, request, obj: AIJob, action: str, reason: str) -> None:
+        service = actions.job_retry if action == "retry" else actions.job_cancel
+        service(job_id=obj.pk, actor=Actor.of_request(request, source=AuditSource.ADMIN), reason=reason)
+        log.warning("admin: %s %s job %s", request.user.get_username(), action, obj.pk)
 
     # --- display ---
 
