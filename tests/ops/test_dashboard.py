@@ -20,30 +20,14 @@ from jobs.errors import ErrorType
 from jobs.models import AIJob, AttemptOutcome, JobStatus
 from tests.factories import AIJobFactory, JobAttemptFactory, TokenUsageFactory, UserFactory
 from tests.ops.chromium import Chromium
-from tests.ops.test_static_and_docs import PASSWORD, RECORDER, Web, check_page, log_in, wait_true
+from tests.ops.served import PASSWORD, check_page, log_in, wait_true
+from tests.ops.served import browser as browser  # the fixtures, shared with test_static_and_docs
+from tests.ops.served import web as web
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 DASHBOARD = "/admin/operations/dashboard/"
 CHARTS = ("jobs", "latency", "queue", "wait", "errors", "spend", "running")
-
-
-@pytest.fixture(scope="module")
-def web(django_db_setup, collected_static, tmp_path_factory):
-    server = Web(collected_static.parent, tmp_path_factory.mktemp("web") / "gunicorn.log")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    chromium = Chromium(tmp_path / "profile")
-    try:
-        chromium.open_page()
-        chromium.send("Page.addScriptToEvaluateOnNewDocument", {"source": RECORDER})
-        yield chromium
-    finally:
-        chromium.close()
 
 
 def finished_job(*, provider="openai", status=JobStatus.SUCCEEDED, ago: timedelta, latency_ms=800, error=""):
