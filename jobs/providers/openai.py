@@ -30,7 +30,7 @@ from jobs.providers._common import (
 )
 from jobs.providers.base import CallContext, ProviderError, ProviderResponse, Usage
 from jobs.providers.prompting import SYSTEM_PROMPT, user_message
-from jobs.providers.registry import api_model_id
+from jobs.providers.registry import any_model_accepted, api_model_id
 from jobs.schema import model_schema
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -43,7 +43,8 @@ class OpenAIProvider(SDKProvider):
     def __init__(self) -> None:
         self._key = settings.OPENAI_API_KEY or ""
         self._base_url = settings.OPENAI_BASE_URL or _DEFAULT_BASE_URL
-        self._official = "api.openai.com" in self._base_url
+        # the registry says which base URL is OpenAI itself; anything else is an OpenAI-compatible server
+        self._official = not any_model_accepted(self.id)
         self._client = openai.OpenAI(
             api_key=self._key or "unset",
             base_url=self._base_url,
