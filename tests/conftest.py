@@ -14,6 +14,7 @@ from django.test import Client, override_settings
 from rest_framework.test import APIClient
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
+from aipb import redis_client
 from aipb.redis_client import get_redis
 from jobs.models import FINAL_STATUSES, AIJob
 from jobs.providers import reset_providers
@@ -65,6 +66,33 @@ def redis_conn():
     yield conn
     conn.flushdb()
     intake_forget()
+
+
+class RedisOutage:
+    """Points Redis at a dead port: both clients are built again against it, and the fail-fast circuit closed."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.real_url = settings.REDIS_URL
+
+    def _rebuild(self, url: str) -> None:
+        self.settings.REDIS_URL = url
+        redis_client.forget_clients()
+        redis_client.reset_circuit()
+
+    def begin(self) -> None:
+        self._rebuild("redis://127.0.0.1:1/0")
+
+    def end(self) -> None:
+        self._rebuild(self.real_url)
+
+
+@pytest.fixture
+def redis_down(settings, redis_conn):
+    outage = RedisOutage(settings)
+    outage.begin()
+    yield outage
+    outage.end()
 
 
 @pytest.fixture

@@ -20,33 +20,6 @@ JOBS = "/api/ai/jobs"
 BODY = {"prompt": "a page while Redis is down", "provider": "local"}
 
 
-class RedisOutage:
-    """Points the web path's fail-fast client at a dead port; the workers' client (get_redis) is untouched."""
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self.real_url = settings.REDIS_URL
-
-    def _rebuild(self, url: str) -> None:
-        self.settings.REDIS_URL = url
-        redis_client.forget_clients()
-        redis_client.reset_circuit()
-
-    def begin(self) -> None:
-        self._rebuild("redis://127.0.0.1:1/0")
-
-    def end(self) -> None:
-        self._rebuild(self.real_url)
-
-
-@pytest.fixture
-def redis_down(settings, redis_conn):
-    outage = RedisOutage(settings)
-    outage.begin()
-    yield outage
-    outage.end()
-
-
 @pytest.fixture
 def client(user) -> APIClient:
     api = APIClient()
