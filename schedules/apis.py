@@ -48,14 +48,17 @@ class ScheduleListParams(ListParams):
     paused = serializers.BooleanField(required=False, allow_null=True, default=None)
 
 
-class ScheduleListCreateApi(APIView):
-    class InputSerializer(JobListCreateApi.InputSerializer):
-        """The job API's own fields and checks, plus when to fire."""
+class ScheduleInputSerializer(JobListCreateApi.InputSerializer):
+    """The job API's own fields and checks, plus when to fire."""
 
-        name = serializers.CharField(max_length=NAME_MAX, required=False, default="", allow_blank=True)
-        cron = serializers.CharField(max_length=CRON_MAX_CHARS)
-        timezone = serializers.CharField(max_length=TIMEZONE_MAX_CHARS, required=False, default="UTC")
-        paused = serializers.BooleanField(required=False, default=False)
+    name = serializers.CharField(max_length=NAME_MAX, required=False, default="", allow_blank=True)
+    cron = serializers.CharField(max_length=CRON_MAX_CHARS)
+    timezone = serializers.CharField(max_length=TIMEZONE_MAX_CHARS, required=False, default="UTC")
+    paused = serializers.BooleanField(required=False, default=False)
+
+
+class ScheduleListCreateApi(APIView):
+    InputSerializer = ScheduleInputSerializer
 
     @extend_schema(
         operation_id="ai_schedules_list",
@@ -79,7 +82,7 @@ class ScheduleListCreateApi(APIView):
         return Pagination().paginate(qs, request, limit=limit, offset=offset, serializer_class=ScheduleOutputSerializer)
 
     @extend_schema(
-        request=InputSerializer,
+        request=ScheduleInputSerializer,
         responses={201: ScheduleDetailSerializer, **error_responses(400, 409, 413, 415)},
         summary="Create a schedule",
         description="A job template (the fields of POST /api/ai/jobs, checked by the same rules) fired on a "
