@@ -54,10 +54,10 @@ def test_two_scheduler_processes_fire_each_instant_once(make_schedule, transacti
     schedules = [make_schedule(cron="0 0 1 1 *", prompt=f"page {n}") for n in range(SCHEDULES)]
     first, second = Scheduler(), Scheduler()
     try:
-        wait_for(lambda: first.reports and second.reports, timeout=90, what="both schedulers' first tick")
+        wait_for(lambda: first.reports and second.reports, timeout=180, what="both schedulers' first tick")
         # Both are ticking every 0.2 s: every schedule falls due at once, and both reach for all of them.
         Schedule.objects.update(next_fire_at=timezone.now() - timedelta(seconds=1))
-        wait_for(lambda: ScheduleFiring.objects.count() >= SCHEDULES, timeout=120, what="every firing")
+        wait_for(lambda: ScheduleFiring.objects.count() >= SCHEDULES, timeout=180, what="every firing")
         time.sleep(1.0)  # a few more ticks each: nothing more may fire
     finally:
         errors = [scheduler.stop() for scheduler in (first, second)]
