@@ -1,6 +1,6 @@
-"""`make run`: web (gunicorn) + a worker pool (with RQ's scheduler) + periodic reconcile + the workers'
-metrics server, on loopback, as one process group stopped together. These are the standard processes;
-a deployment runs the same commands under its own supervisor (README.md, "Production").
+"""`make run`: web (gunicorn) + a worker pool (with RQ's scheduler) + periodic reconcile + the schedules'
+scheduler + the workers' metrics server, on loopback, as one process group stopped together. These are the
+standard processes; a deployment runs the same commands under its own supervisor (README.md, "Production").
 
     python -m aipb.run [start]   run in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP
     python -m aipb.run check     exit 1, saying why, if one already runs here or its ports are taken
@@ -117,6 +117,13 @@ def _children(config: Config) -> list[Child]:
             [python, "manage.py", "reconcile", "--every", "60"],
             metrics="workers",
             ignore=(signal.SIGINT, signal.SIGHUP),
+        ),
+        # Fires due schedules; more than one (here or on other hosts) fire each instant once (schedules.firing).
+        Child(
+            "scheduler",
+            [python, "manage.py", "schedules", "run"],
+            metrics="workers",
+            ignore=(signal.SIGHUP,),  # it stops on SIGTERM and SIGINT after the tick in hand
         ),
         # The workers' own metrics (web's and theirs live in separate directories, so Prometheus scraping
         # both targets of monitoring/config/prometheus.yml counts nothing twice).

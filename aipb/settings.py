@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "usage",
     "monitoring",
     "audit",
+    "schedules",
 ]
 
 MIDDLEWARE = [
@@ -308,6 +309,11 @@ AI_LEASE_SECONDS = env_float("AI_LEASE_SECONDS", AI_PROVIDER_TIMEOUT_SECONDS + 6
 AI_DLQ_MAX_ENTRIES = env_int("AI_DLQ_MAX_ENTRIES", 10_000, minimum=1)
 AI_DLQ_MAX_AGE_DAYS = env_int("AI_DLQ_MAX_AGE_DAYS", 0, minimum=0)  # 0 = no age limit
 AI_VALIDATION_WINDOW_SECONDS = env_int("AI_VALIDATION_WINDOW_SECONDS", 600, minimum=1)
+# Schedules (schedules/): how often the scheduler looks for due firings, how many schedules a user may keep,
+# and how long firing records are kept.
+AI_SCHEDULER_TICK_SECONDS = env_float("AI_SCHEDULER_TICK_SECONDS", 5.0, minimum=0.1)
+AI_SCHEDULES_PER_USER_MAX = env_int("AI_SCHEDULES_PER_USER_MAX", 100, minimum=1)
+AI_SCHEDULE_FIRINGS_KEEP_DAYS = env_int("AI_SCHEDULE_FIRINGS_KEEP_DAYS", 30, minimum=1)
 
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")

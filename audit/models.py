@@ -33,6 +33,10 @@ class AuditAction(models.TextChoices):
     PRICE_SET = "price.set"
     PRICES_LOAD = "prices.load"
     PRICES_SYNC = "prices.sync"
+    SCHEDULE_DELETE = "schedule.delete"
+    SCHEDULE_PAUSE = "schedule.pause"
+    SCHEDULE_RESUME = "schedule.resume"
+    SCHEDULE_RUN_NOW = "schedule.run_now"
 
 
 class AuditEntry(models.Model):

@@ -78,19 +78,17 @@ def _clean_options(options: dict | None, provider: str) -> dict:
     return options
 
 
-def job_submit(
+def job_fields_clean(
     *,
-    owner: AbstractBaseUser,
     prompt: str,
     provider: str | None = None,
     model: str | None = None,
     priority: str = Priority.NORMAL,
     options: dict | None = None,
     max_attempts: int | None = None,
-    idempotency_key: str | None = None,
-) -> tuple[AIJob, bool]:
-    """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
-    _check_intake()
+) -> dict:
+    """The fields of a new job as submission checks them, defaults filled in, or InvalidInput. Also for what
+    submits jobs later (schedules), so a template is refused when it is saved, by the same rules."""
     provider = provider or catalogue.default_provider()
     try:
         model = model or catalogue.default_model(provider)
@@ -111,26 +109,39 @@ def job_submit(
     if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
         raise InvalidInput(f"max_attempts must be from 1 to {MAX_ATTEMPTS_LIMIT}")
     options = _clean_options(options, provider)
+    return {
+        "prompt": prompt,
+        "provider": provider,
+        "model": model,
+        "priority": priority,
+        "options": options,
+        "max_attempts": max_attempts,
+    }
 
-    fingerprint = _fingerprint(
+
+def job_submit(
+    *,
+    owner: AbstractBaseUser,
+    prompt: str,
+    provider: str | None = None,
+    model: str | None = None,
+    priority: str = Priority.NORMAL,
+    options: dict | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[AIJob, bool]:
+    """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
+    _check_intake()
+    fields = job_fields_clean(
         prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
     )
+    fingerprint = _fingerprint(**fields)
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _idempotent_replay(existing, fingerprint), False
 
-    job = AIJob(
-        owner=owner,
-        provider=provider,
-        model=model,
-        prompt=prompt,
-        options=options,
-        priority=priority,
-        max_attempts=max_attempts,
-        idempotency_key=idempotency_key,
-        request_fingerprint=fingerprint,
-    )
+    job = AIJob(owner=owner, **fields, idempotency_key=idempotency_key, request_fingerprint=fingerprint)
     job.deliveries, job.rq_job_id = next_delivery(job)
     try:
         if idempotency_key is not None and connection.in_atomic_block:

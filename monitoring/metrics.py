@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from jobs import catalogue
 from jobs.catalogue import PROVIDER_IDS
@@ -137,3 +137,30 @@ for _provider in PROVIDER_IDS:
 
 def llm_unpriced_call(*, provider: str) -> None:
     UNPRICED_CALLS.labels(provider).inc()
+
+
+# Schedules (schedules.scheduler): each firing's outcome, and when a scheduler last looked for due firings.
+SCHEDULE_FIRING_OUTCOMES = ("submitted", "failed", "skipped")
+SCHEDULE_FIRINGS = Counter(
+    "ai_schedule_firings",
+    "Schedule firings: submitted (its job made), failed (submission refused, see the firing's error), skipped "
+    "(another scheduler process fired that instant, or the schedule was paused or deleted meanwhile)",
+    ["outcome"],
+)
+for _outcome in SCHEDULE_FIRING_OUTCOMES:
+    SCHEDULE_FIRINGS.labels(_outcome)
+# max over processes: the freshest tick of any scheduler on the host (one alive is enough); a dead process's
+# file keeps its last value, so a host whose only scheduler died shows the tick getting old (AISchedulerStopped).
+SCHEDULER_LAST_TICK = Gauge(
+    "ai_scheduler_last_tick_timestamp_seconds",
+    "Unix time a scheduler process last finished looking for due schedule firings",
+    multiprocess_mode="max",
+)
+
+
+def schedule_fired(*, outcome: str) -> None:
+    SCHEDULE_FIRINGS.labels(outcome).inc()
+
+
+def scheduler_ticked(*, at: float) -> None:
+    SCHEDULER_LAST_TICK.set(at)

@@ -52,6 +52,8 @@ EXPORTED_METRICS = (
     "ai_database_up",
     "ai_redis_up",
     "ai_build_info",
+    "ai_schedule_firings_total",
+    "ai_scheduler_last_tick_timestamp_seconds",
     # django-prometheus: the API's latency panel
     "django_http_requests_latency_seconds_by_view_method",
 )
@@ -77,6 +79,7 @@ REQUIRED_ALERTS = (
     "AIPBTargetDown",
     "DLQGrowing",
     "NoAIWorkers",
+    "AISchedulerStopped",
 )
 SEVERITIES = ("critical", "warning", "info")
 COMPONENTS = ("api", "worker", "llm", "queue")

@@ -126,6 +126,7 @@ class AppRun:
         assert len([c for c in kinds if "gunicorn aipb.wsgi" in c]) >= 2, procs  # master + worker
         assert len([c for c in kinds if "rqworker-pool" in c]) >= 1 + WORKERS, procs
         assert len([c for c in kinds if "manage.py reconcile" in c]) == 1, procs
+        assert len([c for c in kinds if "manage.py schedules run" in c]) == 1, procs
         assert len([c for c in kinds if "manage.py metrics_server" in c]) == 1, procs
         return procs
 

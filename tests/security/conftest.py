@@ -14,6 +14,8 @@ from dlq.models import DeadLetter
 from jobs import pipeline
 from jobs.models import AIJob
 from jobs.providers.base import Usage
+from schedules.models import Schedule
+from schedules.services import schedule_create
 from tests.factories import submit_job
 from usage.recording import usage_record
 
@@ -36,6 +38,7 @@ class Owned:
     dead: AIJob
     dead_letter: DeadLetter
     jobs: list[AIJob] = field(default_factory=list)
+    schedule: Schedule | None = None
 
 
 @dataclass
@@ -62,6 +65,9 @@ def make_owned(owner, tag: str) -> Owned:
         dead=dead,
         dead_letter=DeadLetter.objects.get(job_uuid=dead.id),
         jobs=[queued, dead],
+        schedule=schedule_create(
+            owner=owner, cron="0 9 * * *", prompt=f"{tag}: a daily page", provider="simulated", model="sim-small"
+        ),
     )
 
 

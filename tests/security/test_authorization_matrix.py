@@ -19,6 +19,7 @@ from dlq.models import DeadLetter
 from jobs import queue_control
 from jobs.models import AIJob
 from jobs.queues import enqueue_delivery
+from schedules.models import Schedule
 from tests.factories import UserFactory
 from tests.security.conftest import World, token_client
 from usage.models import TokenUsage
@@ -69,6 +70,10 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "api/ai/usage/last-n-days"): _users_only(200),
     ("GET", "api/ai/usage/prices"): _staff_only(200),
     ("GET", "api/ai/stats/timeseries"): _staff_only(200),
+    ("GET", "api/ai/schedules"): _users_only(200),
+    ("POST", "api/ai/schedules"): _users_only(201),
+    ("GET", "api/ai/schedules/<uuid:schedule_id>"): _owner_only(200),
+    ("DELETE", "api/ai/schedules/<uuid:schedule_id>"): _owner_only(204),
 }
 API_CATCH_ALL = "^api/"  # JSON 404 for every other /api/ path
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -115,7 +120,11 @@ def client_for(role: str, world: World, users: dict) -> APIClient:
 def url_of(route: str, world: World) -> str:
     a = world.a
     job = a.dead if route.endswith("/retry") else a.queued
-    return "/" + route.replace("<uuid:job_id>", str(job.id)).replace("<int:entry_id>", str(a.dead_letter.id))
+    return "/" + (
+        route.replace("<uuid:job_id>", str(job.id))
+        .replace("<int:entry_id>", str(a.dead_letter.id))
+        .replace("<uuid:schedule_id>", str(a.schedule.id))
+    )
 
 
 def body_of(method: str, route: str) -> dict | None:
@@ -123,6 +132,8 @@ def body_of(method: str, route: str) -> dict | None:
         return {"username": "alice", "password": "correct-horse-battery"}
     if (method, route) == ("POST", "api/ai/jobs"):
         return {"prompt": "A page for the matrix", "provider": "simulated", "model": "sim-small"}
+    if (method, route) == ("POST", "api/ai/schedules"):
+        return {"cron": "0 9 * * *", "prompt": "A page for the matrix", "provider": "simulated", "model": "sim-small"}
     if (method, route) == ("POST", "api/ai/queue/intake"):
         return {"open": False, "reason": "the matrix"}
     return None
@@ -136,6 +147,7 @@ def state() -> dict:
         "usage": TokenUsage.objects.count(),
         "paused": queue_control.queue_status()["paused"],
         "intake": queue_control.queue_status()["intake"]["open"],
+        "schedules": sorted(Schedule.objects.values_list("id", "paused", "next_fire_at")),
     }
 
 

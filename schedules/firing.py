@@ -1,0 +1,103 @@
+"""One firing of a schedule, exactly once: the firing row, the schedule's advance and the job in one transaction.
+
+The firing key (schedule, scheduled instant) is claimed first with INSERT ... ON CONFLICT DO NOTHING. A second
+scheduler process claiming the same key waits on the first one's uncommitted row and, when that commits, inserts
+nothing and skips; if the first rolls back, the second fires instead. So however many schedulers run, an instant
+makes its job once, and a crash before the commit leaves nothing half done: the next tick fires it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+
+from django.db import connection, transaction
+
+from aipb.exceptions import ServiceError
+from jobs.submission import job_submit
+from monitoring import metrics
+from schedules.cron import next_fire
+from schedules.models import FiringOutcome, FiringTrigger, Schedule, ScheduleFiring
+
+SKIPPED = "skipped"
+
+_CLAIM_SQL = None
+
+
+def _claim(*, schedule: Schedule, scheduled_for: datetime, trigger: str, now: datetime) -> int | None:
+    """The new firing's id, or None when that instant is already fired (or being fired, and it then commits)."""
+    global _CLAIM_SQL
+    if _CLAIM_SQL is None:
+        meta = ScheduleFiring._meta
+        columns = ", ".join(
+            meta.get_field(name).column for name in ("schedule", "scheduled_for", "fired_at", "trigger", "error")
+        )
+        _CLAIM_SQL = (
+            f"INSERT INTO {meta.db_table} ({columns}, outcome) VALUES (%s, %s, %s, %s, '', %s) "
+            "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, [schedule.pk, scheduled_for, now, trigger, FiringOutcome.SUBMITTED])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def schedule_fire(
+    *, schedule: Schedule, scheduled_for: datetime, trigger: str, now: datetime
+) -> tuple[str, ScheduleFiring | None]:
+    """Fire ``schedule`` for ``scheduled_for``: (outcome, firing), the firing None when skipped.
+
+    A cron firing advances ``next_fire_at`` from ``scheduled_for`` to the first instant after ``now``, on the
+    condition that it still is ``scheduled_for`` and the schedule is not paused: however many instants were
+    missed while no scheduler ran, they make one job (OPERATIONS_GUIDE.md, "Schedules"). A manual one (run-now)
+    leaves ``next_fire_at`` alone. A submission the job rules refuse (intake closed, a provider no longer
+    configured) is recorded as a failed firing and the schedule still advances: it is not retried.
+    """
+    with transaction.atomic():
+        firing_id = _claim(schedule=schedule, scheduled_for=scheduled_for, trigger=trigger, now=now)
+        if firing_id is None:
+            outcome = SKIPPED
+        else:
+            rows = Schedule.objects.filter(pk=schedule.pk)
+            if trigger == FiringTrigger.CRON:
+                following = next_fire(schedule.cron, schedule.timezone, after=max(now, scheduled_for))
+                advanced = rows.filter(paused=False, next_fire_at=scheduled_for).update(
+                    next_fire_at=following, last_fired_at=now
+                )
+            else:
+                advanced = rows.update(last_fired_at=now)
+            if not advanced:  # paused, deleted or fired meanwhile: leave no firing row either
+                transaction.set_rollback(True)
+                outcome = SKIPPED
+            else:
+                outcome, job_id, error = FiringOutcome.SUBMITTED, None, ""
+                # No savepoint needed: submission refuses before it writes anything, so the transaction stays good.
+                try:
+                    job, _ = job_submit(
+                        owner=schedule.owner,
+                        prompt=schedule.prompt,
+                        provider=schedule.provider,
+                        model=schedule.model,
+                        priority=schedule.priority,
+                        options=schedule.options,
+                        max_attempts=schedule.max_attempts,
+                    )
+                    job_id = job.id
+                except ServiceError as exc:
+                    outcome, error = FiringOutcome.FAILED, exc.message
+                ScheduleFiring.objects.filter(pk=firing_id).update(outcome=outcome, job_id=job_id, error=error)
+                transaction.on_commit(partial(metrics.schedule_fired, outcome=str(outcome)))
+                firing = ScheduleFiring(
+                    id=firing_id,
+                    schedule=schedule,
+                    scheduled_for=scheduled_for,
+                    fired_at=now,
+                    trigger=trigger,
+                    outcome=outcome,
+                    job_id=job_id,
+                    error=error,
+                )
+    if outcome == SKIPPED:
+        metrics.schedule_fired(outcome=SKIPPED)
+        return SKIPPED, None
+    return str(outcome), firing

@@ -1,0 +1,174 @@
+"""POST/GET /api/ai/schedules and GET/DELETE /api/ai/schedules/{id}: shapes, bad input, permissions, audit."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from audit.models import AuditEntry
+from schedules.models import Schedule
+
+LIST = "/api/ai/schedules"
+GOOD = {"cron": "0 9 * * 1-5", "timezone": "Europe/Paris", "prompt": "A page for the ride", "provider": "local"}
+
+
+def detail(schedule_id) -> str:
+    return f"{LIST}/{schedule_id}"
+
+
+def assert_error(response, status: int) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body["error"]) == {"type", "message", "details"}
+    return body["error"]
+
+
+def test_create_answers_201_with_the_schedule_and_its_first_instant(api, user):
+    response = api.post(LIST, {**GOOD, "name": "weekday page", "options": {"temperature": 0.2}}, format="json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    schedule = Schedule.objects.get()
+    assert body["id"] == str(schedule.id)
+    assert (body["owner"], body["cron"], body["timezone"], body["paused"]) == (
+        "alice",
+        "0 9 * * 1-5",
+        "Europe/Paris",
+        False,
+    )
+    assert (body["provider"], body["model"], body["max_attempts"]) == ("local", "local-page", 3)  # defaults filled
+    assert body["next_fire_at"] is not None and body["recent_firings"] == []
+    assert schedule.owner == user and schedule.options == {"temperature": 0.2}
+
+
+def test_create_paused_has_no_next_instant(api):
+    body = api.post(LIST, {**GOOD, "paused": True}, format="json").json()
+    assert (body["paused"], body["next_fire_at"]) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "field_or_words"),
+    [
+        ({"cron": "not cron"}, "5 fields"),
+        ({"cron": "61 * * * *"}, "not valid"),
+        ({"cron": "* * * * * *"}, "5 fields"),
+        ({"cron": "@reboot"}, "macro"),
+        ({"cron": "0 0 30 2 *"}, "never fires"),
+        ({"cron": ""}, "cron"),
+        ({"cron": 5}, "cron"),
+        ({"cron": "0 " * 60}, "cron"),
+        ({"timezone": "Mars/Olympus_Mons"}, "IANA"),
+        ({"timezone": ""}, "timezone"),
+        ({"timezone": 1}, "timezone"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt must not be empty"),
+        ({"prompt": "x" * 20_001}, "prompt"),
+        ({"provider": "nope"}, "provider"),
+        ({"provider": "openai"}, "not configured"),
+        ({"model": "no-such-model"}, "no-such-model"),
+        ({"priority": "urgent"}, "priority"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 11}, "max_attempts"),
+        ({"max_attempts": "3"}, "max_attempts"),
+        ({"options": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}, "nest"),
+        ({"options": {"simulate": {"error": "rate_limit"}}}, "simulate"),
+        ({"options": []}, "options"),
+        ({"name": "n" * 201}, "name"),
+        ({"name": "a\x00b"}, "name"),
+        ({"paused": "yes"}, "paused"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_input_is_a_400_and_nothing_is_saved(api, change, field_or_words):
+    error = assert_error(api.post(LIST, {**GOOD, **change}, format="json"), 400)
+    assert field_or_words in (error["message"] + str(error["details"]))
+    assert not Schedule.objects.exists()
+
+
+def test_a_body_that_is_not_a_json_object_is_a_400(api):
+    assert_error(api.post(LIST, "[1, 2]", content_type="application/json"), 400)
+    assert_error(api.post(LIST, "{not json", content_type="application/json"), 400)
+    assert not Schedule.objects.exists()
+
+
+def test_past_the_per_user_limit_is_a_409(api, settings):
+    settings.AI_SCHEDULES_PER_USER_MAX = 1
+    assert api.post(LIST, GOOD, format="json").status_code == 201
+    error = assert_error(api.post(LIST, GOOD, format="json"), 409)
+    assert "AI_SCHEDULES_PER_USER_MAX" in error["message"]
+    assert Schedule.objects.count() == 1
+
+
+def test_anonymous_requests_are_refused_and_change_nothing(anon_api, make_schedule):
+    schedule = make_schedule()
+    for response in (
+        anon_api.get(LIST),
+        anon_api.post(LIST, GOOD, format="json"),
+        anon_api.get(detail(schedule.id)),
+        anon_api.delete(detail(schedule.id)),
+    ):
+        assert response.status_code in (401, 403)
+    assert list(Schedule.objects.values_list("id", flat=True)) == [schedule.id]
+
+
+def test_owners_list_their_own_and_staff_list_all(api, staff_api, make_schedule, other_user):
+    mine = make_schedule()
+    theirs = make_schedule(owner=other_user, paused=True)
+
+    assert [row["id"] for row in api.get(LIST).json()["results"]] == [str(mine.id)]
+    assert {row["id"] for row in staff_api.get(LIST).json()["results"]} == {str(mine.id), str(theirs.id)}
+    assert [row["id"] for row in staff_api.get(LIST, {"paused": "true"}).json()["results"]] == [str(theirs.id)]
+
+
+@pytest.mark.parametrize("query", [{"paused": "maybe"}, {"limit": "0"}, {"limit": "501"}, {"offset": "-1"}, {"x": "1"}])
+def test_bad_list_parameters_are_a_400(api, query):
+    assert_error(api.get(LIST, query), 400)
+
+
+def test_detail_shows_recent_firings_and_hides_other_users_schedules(api, staff_api, make_schedule, other_user):
+    from schedules.services import schedule_run_now
+
+    mine = make_schedule()
+    theirs = make_schedule(owner=other_user)
+    firing = schedule_run_now(schedule_id=mine.id)
+
+    body = api.get(detail(mine.id)).json()
+    assert [(f["id"], f["trigger"], f["job_id"]) for f in body["recent_firings"]] == [
+        (firing.id, "manual", str(firing.job_id))
+    ]
+    assert_error(api.get(detail(theirs.id)), 404)
+    assert_error(api.get(detail(uuid.uuid4())), 404)
+    assert api.get(f"{LIST}/not-a-uuid").status_code == 404
+    assert staff_api.get(detail(theirs.id)).status_code == 200
+
+
+def test_an_owner_deletes_their_own_without_an_audit_entry(api, make_schedule):
+    schedule = make_schedule()
+    assert api.delete(detail(schedule.id)).status_code == 204
+    assert not Schedule.objects.exists()
+    assert not AuditEntry.objects.exists()
+
+
+def test_another_users_schedule_cannot_be_deleted(api, make_schedule, other_user):
+    theirs = make_schedule(owner=other_user)
+    assert_error(api.delete(detail(theirs.id)), 404)
+    assert Schedule.objects.filter(pk=theirs.pk).exists()
+    assert not AuditEntry.objects.exists()
+
+
+def test_staff_deleting_another_users_schedule_is_audited(staff_api, make_schedule, other_user):
+    theirs = make_schedule(owner=other_user, name="bob's page")
+
+    assert staff_api.delete(detail(theirs.id)).status_code == 204
+
+    assert not Schedule.objects.exists()
+    entry = AuditEntry.objects.get()
+    assert (entry.actor, entry.source, entry.action, entry.target_type, entry.target_id) == (
+        "ops",
+        "api",
+        "schedule.delete",
+        "schedule",
+        str(theirs.id),
+    )
+    assert entry.details["owner"] == "bob" and entry.details["name"] == "bob's page"
