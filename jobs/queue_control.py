@@ -134,8 +134,14 @@ class ClearReport:
 @transaction.atomic
 def _cancel_deliveries(rq_job_ids: list[str]) -> list[str]:
     canceled = transitions.jobs_cancel_deliveries(rq_job_ids=rq_job_ids)
-    transaction.on_commit(partial(accounting.jobs_canceled, [(provider, model) for _, provider, model in canceled]))
-    return [job_id for job_id, _, _ in canceled]
+    transaction.on_commit(
+        partial(
+            accounting.jobs_canceled,
+            [(provider, model) for _, provider, model, _ in canceled],
+            batch_ids={batch_id for *_, batch_id in canceled if batch_id is not None},
+        )
+    )
+    return [job_id for job_id, *_ in canceled]
 
 
 def queue_clear(

@@ -137,3 +137,14 @@ for _provider in PROVIDER_IDS:
 
 def llm_unpriced_call(*, provider: str) -> None:
     UNPRICED_CALLS.labels(provider).inc()
+
+
+# Batches (jobs.batches) that finished: every job final, by the batch's status then (completed, or canceled).
+BATCHES = Counter("ai_batches", "Batches whose jobs all reached a final state, by the batch's status", ["status"])
+BATCH_STATUSES = ("completed", "canceled")
+for _status in BATCH_STATUSES:
+    BATCHES.labels(_status)  # at 0 from the start, like the unpriced calls
+
+
+def batch_finished(*, status: str) -> None:
+    BATCHES.labels(status if status in BATCH_STATUSES else "other").inc()
