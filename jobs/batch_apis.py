@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from aipb.api import ListParams, Pagination, StrictSerializer, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
 from jobs import batch_selectors, batches
-from jobs.apis import JobListCreateApi, idempotency_key_of
+from jobs.apis import JOB_EXAMPLE, JobListCreateApi, idempotency_key_of
 from jobs.batch_serializers import BatchOutputSerializer, batch_output
 from jobs.models import JobStatus
 from jobs.serializers import JobSummarySerializer
@@ -33,6 +33,7 @@ BATCH_EXAMPLE = {
     "metadata": {"site": "cycling-club"},
     "owner": "alice",
 }
+JOB_SUMMARY_FIELDS = JobSummarySerializer.Meta.fields
 SUBMIT_EXAMPLE = {
     "jobs": [
         {"prompt": "Home page of a cycling club"},
@@ -46,7 +47,7 @@ SUBMIT_EXAMPLE = {
 class BatchListCreateApi(APIView):
     throttle_scope = "submit"
 
-    class InputSerializer(StrictSerializer):
+    class BatchInputSerializer(StrictSerializer):
         jobs = serializers.ListField(
             allow_empty=False,
             max_length=settings.AI_BATCH_MAX_JOBS,
@@ -63,6 +64,13 @@ class BatchListCreateApi(APIView):
         description="Newest first, paginated with limit and offset. Owners see their own batches, staff see all.",
         parameters=[ListParams],
         responses={200: paginated(BatchOutputSerializer, "PaginatedBatchList"), **error_responses(400)},
+        examples=[
+            OpenApiExample(
+                "one page",
+                value={"count": 1, "next": None, "previous": None, "results": [BATCH_EXAMPLE]},
+                response_only=True,
+            )
+        ],
     )
     def get(self, request):
         params = parse_query(ListParams, request)
@@ -75,7 +83,7 @@ class BatchListCreateApi(APIView):
         return paginator.get_paginated_response([batch_output(view) for view in views])
 
     @extend_schema(
-        request=InputSerializer,
+        request=BatchInputSerializer,
         responses={
             201: BatchOutputSerializer,
             200: BatchOutputSerializer,
@@ -105,7 +113,7 @@ class BatchListCreateApi(APIView):
         ],
     )
     def post(self, request):
-        fields = parse_body(self.InputSerializer, request.data)
+        fields = parse_body(self.BatchInputSerializer, request.data)
         key = idempotency_key_of(request)
         jobs = []
         for index, item in enumerate(fields["jobs"]):
@@ -149,6 +157,18 @@ class BatchJobListApi(APIView):
         "and offset; filter by status.",
         parameters=[BatchJobListParams],
         responses={200: paginated(JobSummarySerializer, "PaginatedBatchJobList"), **error_responses(400, 404)},
+        examples=[
+            OpenApiExample(
+                "one page",
+                value={
+                    "count": 1,
+                    "next": None,
+                    "previous": None,
+                    "results": [{key: value for key, value in JOB_EXAMPLE.items() if key in JOB_SUMMARY_FIELDS}],
+                },
+                response_only=True,
+            )
+        ],
     )
     def get(self, request, batch_id):
         params = parse_query(BatchJobListParams, request)

@@ -128,5 +128,5 @@ def batch_cancel(
             reason=reason,
             details={"owner": batch.owner.get_username(), "total": batch.total, "canceled": len(canceled)},
         )
-    batch.status = BatchStatus.CANCELED
+    batch.refresh_from_db()
     return batch, len(canceled)

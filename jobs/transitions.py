@@ -326,10 +326,10 @@ def job_cancel_waiting(*, job: AIJob) -> bool:
     return bool(updated)
 
 
-def jobs_cancel_deliveries(*, rq_job_ids: list[str]) -> list[tuple[str, str, str, uuid.UUID | None]]:
+def jobs_cancel_deliveries(*, rq_job_ids: list[str]) -> list[tuple[str, str, str]]:
     """Cancel the jobs these deliveries carry, each only if still waiting on exactly this delivery.
 
-    One statement for a whole batch (queue clear); returns (job id, provider, model, batch id) of each canceled job.
+    One statement for a whole batch (queue clear); returns (job id, provider, model) of each canceled job.
     """
     pairs = [(job_id, rq_id) for rq_id in rq_job_ids if (job_id := _job_id_of(rq_id)) is not None]
     if not pairs:
@@ -341,7 +341,7 @@ def jobs_cancel_deliveries(*, rq_job_ids: list[str]) -> list[tuple[str, str, str
            SET status = %s, finished_at = %s, updated_at = %s, next_attempt_at = NULL, rq_job_id = ''
           FROM unnest(%s::uuid[], %s::text[]) AS d(id, rq_job_id)
          WHERE j.id = d.id AND j.rq_job_id = d.rq_job_id AND j.status = ANY(%s)
-     RETURNING j.id, j.provider, j.model, j.batch_id
+     RETURNING j.id, j.provider, j.model
         """,
         [
             JobStatus.CANCELED,
@@ -352,7 +352,7 @@ def jobs_cancel_deliveries(*, rq_job_ids: list[str]) -> list[tuple[str, str, str
             [str(s) for s in WAITING_STATUSES],
         ],
     )
-    return [(str(row.id), row.provider, row.model, row.batch_id) for row in rows]
+    return [(str(row.id), row.provider, row.model) for row in rows]
 
 
 def _job_id_of(rq_job_id: str) -> uuid.UUID | None:

@@ -1,0 +1,76 @@
+"""jobs.batches and where a batch finishes (jobs.accounting.batches_settle): once, from every path a job ends by."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+from rq.job import Job
+
+from jobs import accounting, actions
+from jobs.batches import batch_submit
+from jobs.models import AIJob, Batch, BatchStatus, JobStatus
+from jobs.queues import enqueue_delivery, get_queue
+from jobs.recovery import jobs_reconcile
+
+
+def finished_count(status: str) -> float:
+    return REGISTRY.get_sample_value("ai_batches_total", {"status": status}) or 0.0
+
+
+def submit(owner, n: int = 3) -> Batch:
+    return batch_submit(owner=owner, jobs=[{"prompt": f"p{i}"} for i in range(n)])[0]
+
+
+def test_a_batch_finishes_once_and_is_counted_once(user, redis_conn, transactional_db):
+    batch = submit(user, 2)
+    before = finished_count("completed")
+    AIJob.objects.filter(batch=batch).update(status=JobStatus.SUCCEEDED)
+    assert accounting.batches_settle([batch.id])[0].id == batch.id
+    assert accounting.batches_settle([batch.id]) == []  # the second caller finds it finished
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.COMPLETED and batch.finished_at is not None
+    assert finished_count("completed") == before + 1
+
+
+def test_an_unfinished_job_keeps_its_batch_running(user, redis_conn, transactional_db):
+    batch = submit(user, 3)
+    AIJob.objects.filter(id=AIJob.objects.filter(batch=batch).first().id).update(status=JobStatus.RUNNING)
+    AIJob.objects.filter(batch=batch).exclude(status=JobStatus.RUNNING).update(status=JobStatus.DEAD)
+    assert accounting.batches_settle([batch.id]) == []
+    assert Batch.objects.get(id=batch.id).finished_at is None
+
+
+def test_reconcile_finishes_a_batch_nobody_settled(user, redis_conn, transactional_db):
+    batch = submit(user, 2)
+    other = submit(user, 1)
+    AIJob.objects.filter(batch=batch).update(status=JobStatus.SUCCEEDED)  # as if the settling process had died
+    jobs_reconcile(grace_seconds=0)
+    assert Batch.objects.get(id=batch.id).status == BatchStatus.COMPLETED
+    assert Batch.objects.get(id=other.id).status == BatchStatus.RUNNING
+
+
+def test_deleting_the_last_waiting_job_finishes_its_batch(user, redis_conn, transactional_db):
+    batch = submit(user, 2)
+    first, last = AIJob.objects.filter(batch=batch).order_by("created_at")
+    AIJob.objects.filter(id=first.id).update(status=JobStatus.SUCCEEDED)
+    actions.job_delete(job_id=last.id)
+    assert Batch.objects.get(id=batch.id).status == BatchStatus.COMPLETED
+
+
+def test_canceling_a_batchs_last_waiting_job_finishes_it(user, redis_conn, transactional_db):
+    batch = submit(user, 2)
+    first, last = AIJob.objects.filter(batch=batch).order_by("created_at")
+    AIJob.objects.filter(id=first.id).update(status=JobStatus.DEAD)
+    actions.job_cancel(job_id=last.id)
+    assert Batch.objects.get(id=batch.id).status == BatchStatus.COMPLETED
+
+
+def test_a_batch_delivery_is_the_rq_job_a_single_submission_makes(user, redis_conn, transactional_db):
+    batch = submit(user, 1)
+    job = AIJob.objects.get(batch=batch)
+    ours = Job.fetch(job.rq_job_id, connection=redis_conn)
+    enqueue_delivery(job_id="single", rq_job_id="single", priority="normal", provider=job.provider)
+    single = Job.fetch("single", connection=redis_conn)
+    for attribute in ("func_name", "timeout", "result_ttl", "failure_ttl", "origin"):
+        assert getattr(ours, attribute) == getattr(single, attribute), attribute
+    assert ours.args == (str(job.id), job.rq_job_id, job.provider) and ours.kwargs == {}
+    assert set(get_queue("ai-default").job_ids) == {job.rq_job_id, "single"}
