@@ -143,7 +143,11 @@ def main(argv=None) -> dict:
     if status != 201:
         raise RuntimeError(f"in-process batch: {status} {payload[:300]!r}")
     per_job = c.counts.per(args.size)
-    report.figure(f"per job, in a batch of {args.size}", counting.describe(per_job))
+    report.figure(
+        f"per job, in a batch of {args.size}",
+        f"{per_job['sql']:.4f} SQL statements, {per_job['pg_round_trips']:.4f} Postgres round trips, "
+        f"{per_job['redis_round_trips']:.4f} Redis round trips ({per_job['redis_commands']:.1f} commands)",
+    )
     report.figure(f"per batch of {args.size}", counting.describe(c.counts.per(1)))
     batch_id = json.loads(payload)["id"]
     with counting.Counter() as c:

@@ -1,6 +1,6 @@
 """Batches: many jobs submitted at once, and canceled at once.
 
-A batch and all its jobs are written in one transaction (one INSERT for the batch, one for up to a thousand
+A batch and all its jobs are written in one transaction (one INSERT for the batch, one COPY for up to a thousand
 jobs) after every job passed the same validation a single submission does (jobs.submission.job_build); their
 first deliveries go to Redis in one pipeline after the commit. A bad job refuses the whole batch, naming its
 index, before anything is written.
@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, models, transaction
+from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from aipb.exceptions import Conflict, InvalidInput, NotFound
 from audit.models import AuditAction
@@ -26,8 +29,6 @@ from audit.records import Actor, audit_record, reason_checked
 from jobs import accounting, transitions
 from jobs.models import AIJob, Batch, BatchStatus
 from jobs.submission import intake_check, job_build, json_object_checked
-
-INSERT_ROWS = 1000  # jobs per INSERT: 1,000 rows of AIJob's columns stay under PostgreSQL's 65,535 parameters
 
 
 def batch_submit(
@@ -71,7 +72,7 @@ def batch_submit(
     try:
         with transaction.atomic():
             batch.save(force_insert=True)
-            AIJob.objects.bulk_create(built, batch_size=INSERT_ROWS)
+            _jobs_insert(built)
             transitions.enqueue_many_on_commit(built, fail_fast=True)
     except IntegrityError:
         if idempotency_key is None:
@@ -82,6 +83,30 @@ def batch_submit(
             raise
         return _idempotent_replay(existing, fingerprint), False
     return batch, True
+
+
+# Every column of AIJob, in order; the JSON ones go through psycopg's Jsonb.
+_COLUMNS = tuple(AIJob._meta.concrete_fields)
+_JSON_COLUMNS = frozenset(i for i, field in enumerate(_COLUMNS) if isinstance(field, models.JSONField))
+
+
+def _jobs_insert(jobs: list[AIJob]) -> None:
+    """The jobs in one COPY, their rows as the ORM would write them (every field's value on the instance, as
+    job_build left it); bulk_create's per-field preparation was a quarter of a batch's CPU (bench.batches).
+    created_at (and updated_at) is the batch's instant plus the job's index in microseconds, so the batch's jobs
+    list in the order they were given."""
+    start = timezone.now()
+    for index, job in enumerate(jobs):
+        job.created_at = job.updated_at = start + timedelta(microseconds=index)
+    quote = connection.ops.quote_name
+    sql = f"COPY {quote(AIJob._meta.db_table)} ({', '.join(quote(field.column) for field in _COLUMNS)}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+        for job in jobs:
+            row = [getattr(job, field.attname) for field in _COLUMNS]
+            for i in _JSON_COLUMNS:
+                if row[i] is not None:
+                    row[i] = Jsonb(row[i])
+            copy.write_row(row)
 
 
 def _idempotent_replay(existing: Batch, fingerprint: str) -> Batch:

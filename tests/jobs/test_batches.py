@@ -10,6 +10,7 @@ from jobs.batches import batch_submit
 from jobs.models import AIJob, Batch, BatchStatus, JobStatus
 from jobs.queues import enqueue_delivery, get_queue
 from jobs.recovery import jobs_reconcile
+from jobs.submission import job_submit
 
 
 def finished_count(status: str) -> float:
@@ -74,3 +75,15 @@ def test_a_batch_delivery_is_the_rq_job_a_single_submission_makes(user, redis_co
         assert getattr(ours, attribute) == getattr(single, attribute), attribute
     assert ours.args == (str(job.id), job.rq_job_id, job.provider) and ours.kwargs == {}
     assert set(get_queue("ai-default").job_ids) == {job.rq_job_id, "single"}
+
+
+def test_a_batch_job_row_is_the_row_job_submit_writes(user, redis_conn, transactional_db):
+    fields = {"prompt": "same", "provider": "simulated", "model": "sim-small", "options": {"temperature": 0.5}}
+    batch = batch_submit(owner=user, jobs=[{**fields, "priority": "high", "max_attempts": 2}])[0]
+    single, _ = job_submit(owner=user, **fields, priority="high", max_attempts=2)
+    ours = AIJob.objects.filter(batch=batch).values().get()
+    theirs = AIJob.objects.filter(id=single.id).values().get()
+    differ = {"id", "rq_job_id", "created_at", "updated_at", "batch_id"}
+    assert {k: v for k, v in ours.items() if k not in differ} == {k: v for k, v in theirs.items() if k not in differ}
+    assert ours["rq_job_id"] == str(ours["id"]) and ours["batch_id"] == batch.id
+    assert AIJob.objects.get(batch=batch).options == {"temperature": 0.5}
