@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
+from django.db import connection, transaction
 from prometheus_client import REGISTRY
 from rq.job import Job
 
-from jobs import accounting, actions
+from jobs import accounting, actions, transitions
 from jobs.batches import batch_submit
 from jobs.models import AIJob, Batch, BatchStatus, JobStatus
 from jobs.queues import enqueue_delivery, get_queue
@@ -87,3 +90,31 @@ def test_a_batch_job_row_is_the_row_job_submit_writes(user, redis_conn, transact
     assert {k: v for k, v in ours.items() if k not in differ} == {k: v for k, v in theirs.items() if k not in differ}
     assert ours["rq_job_id"] == str(ours["id"]) and ours["batch_id"] == batch.id
     assert AIJob.objects.get(batch=batch).options == {"temperature": 0.5}
+
+
+def test_the_last_two_jobs_ending_at_once_finish_their_batch_exactly_once(user, redis_conn, transactional_db):
+    """Both ends are written, uncommitted, before either commits: neither transaction can see the other's job
+    final. The settle after each commit reads a fresh snapshot, so the later one finishes the batch, once."""
+    batch = submit(user, 2)
+    jobs = list(AIJob.objects.filter(batch=batch))
+    before = finished_count("completed")
+    both_written = threading.Barrier(2, timeout=30)
+    won: list[int] = []
+
+    def end(job: AIJob) -> None:
+        try:
+            with transaction.atomic():
+                assert transitions.job_cancel_waiting(job=job)
+                both_written.wait()
+            won.append(len(accounting.batches_settle([batch.id])))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=end, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(won) == [0, 1], won
+    assert Batch.objects.get(id=batch.id).status == BatchStatus.COMPLETED
+    assert finished_count("completed") == before + 1
