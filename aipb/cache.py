@@ -32,23 +32,42 @@ from aipb.redis_client import RedisSkipped, best_effort, fast_client, get_redis
 log = logging.getLogger(__name__)
 
 # KEYS[1]: a sliding log, the admitted hits scored by Redis time in ms. ARGV: hits allowed per window, the
-# window in ms, a member unique to this hit. Returns 0 when admitted, else the ms until the oldest hit leaves.
+# window in ms, a member unique to this request, how many hits it counts (a batch counts each job; at most the
+# limit). Returns 0 when admitted (all of them), else the ms until enough of the oldest hits leave the window.
 _SLIDING_WINDOW_HIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local hits = tonumber(ARGV[4] or '1')
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'zset' and kind ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
+local count = redis.call('ZCARD', KEYS[1])
+if count + hits <= limit then
+  if hits == 1 then
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+  else
+    local members = {}
+    for i = 1, hits do
+      members[#members + 1] = now
+      members[#members + 1] = ARGV[3] .. ':' .. i
+      if #members >= 400 or i == hits then
+        redis.call('ZADD', KEYS[1], unpack(members))
+        members = {}
+      end
+    end
+  end
   redis.call('PEXPIRE', KEYS[1], window)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if hits > limit then
+  return window
+end
+local nth = count + hits - limit - 1
+local oldest = redis.call('ZRANGE', KEYS[1], nth, nth, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 """
 
@@ -84,14 +103,15 @@ class SharedRedisCache(RedisCache):
         except RedisError as exc:
             log.warning("cache write dropped: %s", exc)
 
-    def sliding_window_hit(self, key: str, *, limit: int, window_seconds: float) -> float | None:
-        """Count one hit on ``key`` if fewer than ``limit`` were counted in the last ``window_seconds``: None
-        when counted, else the seconds until the oldest hit leaves the window. Fails open: a hit Redis cannot
-        count is admitted (and logged), as a read that finds nothing admits it in DRF's throttle."""
+    def sliding_window_hit(self, key: str, *, limit: int, window_seconds: float, hits: int = 1) -> float | None:
+        """Count ``hits`` hits on ``key`` if they fit under ``limit`` with those counted in the last
+        ``window_seconds``: None when counted, else the seconds until enough of the oldest leave the window.
+        Fails open: a hit Redis cannot count is admitted (and logged), as a read that finds nothing admits it in
+        DRF's throttle."""
         script = self._script
         if script is None:
             script = self._script = fast_client().register_script(_SLIDING_WINDOW_HIT)  # the SHA; no round trip
-        args = [limit, int(window_seconds * 1000), secrets.token_hex(8)]
+        args = [limit, int(window_seconds * 1000), secrets.token_hex(8), hits]
         try:
             wait_ms = best_effort(lambda client: script(keys=[self.make_key(key)], args=args, client=client))
         except RedisSkipped:

@@ -304,6 +304,8 @@ AI_ENABLE_SIMULATED_PROVIDER = env_bool("AI_ENABLE_SIMULATED_PROVIDER", False)
 AI_PRICES_AUTO_UPDATE = env_bool("AI_PRICES_AUTO_UPDATE", False)
 AI_MAX_PROMPT_CHARS = 20_000
 AI_MAX_OPTIONS_BYTES = 16_384
+# Jobs one POST /api/ai/batches may carry (each counts against the submission throttle).
+AI_BATCH_MAX_JOBS = env_int("AI_BATCH_MAX_JOBS", 1000, minimum=1)
 # A running attempt whose worker has not finished it within this many seconds is presumed lost.
 AI_LEASE_SECONDS = env_float("AI_LEASE_SECONDS", AI_PROVIDER_TIMEOUT_SECONDS + 60, minimum=1)
 AI_DLQ_MAX_ENTRIES = env_int("AI_DLQ_MAX_ENTRIES", 10_000, minimum=1)

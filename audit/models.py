@@ -21,6 +21,7 @@ class AuditAction(models.TextChoices):
     JOB_CANCEL = "job.cancel"
     JOB_RETRY = "job.retry"
     JOB_DELETE = "job.delete"
+    BATCH_CANCEL = "batch.cancel"
     JOBS_RETRY_BULK = "jobs.retry_bulk"
     DLQ_RETRY = "dlq.retry"
     DLQ_RETRY_BULK = "dlq.retry_bulk"

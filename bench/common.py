@@ -108,7 +108,8 @@ def reset_state() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "TRUNCATE usage_tokenusage, dlq_deadletter, jobs_jobattempt, jobs_aijob RESTART IDENTITY CASCADE"
+            "TRUNCATE usage_tokenusage, dlq_deadletter, jobs_jobattempt, jobs_aijob, jobs_batch"
+            " RESTART IDENTITY CASCADE"
         )
     conn = get_redis()
     for pattern in ("rq:*", "aipb:*", "aipb-cache:*"):  # the cache: the submission throttle's counts

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from bench import common
 
-BENCHMARKS = ("pipeline", "io_bound", "rate_limiter", "api", "reports", "scrape")
+BENCHMARKS = ("pipeline", "io_bound", "rate_limiter", "api", "batches", "reports", "scrape")
 
 
 def main(argv=None) -> int:

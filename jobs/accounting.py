@@ -9,13 +9,14 @@ or logged, and the counters equal the rows they describe (tests/e2e/books.py hol
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from decimal import Decimal
 
 from aipb.logs import log_event
+from jobs import transitions
 from jobs.errors import Classified
-from jobs.models import AttemptOutcome, JobStatus
+from jobs.models import AttemptOutcome, Batch, JobStatus
 from jobs.providers.base import Usage
 from jobs.transitions import AttemptRecord
 from monitoring import metrics
@@ -46,11 +47,13 @@ def attempt_ended(
     cost: Decimal | None = None,
     delay: float | None = None,
     dead_letter_id: int | None = None,
+    batch_id: object = None,
 ) -> None:
     """One attempt's end. `status` is the job's new state when this end changed it (None: it did not);
     `outcome` None: the attempt was counted already (lease recovery took it back before its worker finished;
     the worker still brings its output's validation and usage, counted here as recorded in its rows).
-    For the log only: `cost` of its provider call, the retry's `delay`, a death's `dead_letter_id`."""
+    For the log only: `cost` of its provider call, the retry's `delay`, a death's `dead_letter_id`.
+    `batch_id`: the job's batch, finished here if this was its last job to end."""
     _log_attempt(
         job_id=job_id,
         provider=provider,
@@ -73,6 +76,8 @@ def attempt_ended(
         metrics.retry_scheduled(provider=provider, model=model)
     elif status is not None:
         job_ended(provider=provider, model=model, status=status)
+        if batch_id is not None:
+            batches_settle([batch_id])
 
 
 def _log_attempt(*, job_id, provider, model, record, outcome, error, status, cost, delay, dead_letter_id) -> None:
@@ -142,9 +147,24 @@ def job_ended(*, provider: str, model: str, status: str) -> None:
     metrics.job_finished(provider=provider, model=model, status=status)
 
 
-def jobs_canceled(rows: Iterable[tuple[str, str]]) -> None:
+def jobs_canceled(rows: Iterable[tuple[str, str]], *, batch_ids: Collection = ()) -> None:
+    """Jobs canceled (provider, model each), of these batches."""
     for provider, model in rows:
         job_ended(provider=provider, model=model, status=JobStatus.CANCELED)
+    batches_settle(list(batch_ids))
+
+
+def batches_settle(batch_ids: list | None, *, created_before: datetime | None = None) -> list[Batch]:
+    """After the commit that ended jobs of these batches (None: every open batch created before
+    `created_before`, reconcile's sweep): each whose jobs are now all final is finished, once
+    (jobs.transitions.batches_finish_if_done). One statement per call, whatever the batch's size.
+
+    The one place a batch becomes completed (or, canceled, finished): its events belong here, beside the count."""
+    finished = transitions.batches_finish_if_done(batch_ids=batch_ids, created_before=created_before)
+    for batch in finished:
+        metrics.batch_finished(status=batch.status)
+        log_event(log, "batch_finished", batch_id=batch.id, status=batch.status, total=batch.total)
+    return finished
 
 
 def delivery_throttled(*, provider: str, job_id: object = None, delay: float | None = None) -> None:

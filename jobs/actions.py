@@ -61,7 +61,9 @@ def job_cancel(
     if not transitions.job_cancel_waiting(job=job):
         job.refresh_from_db()
         raise Conflict(f"job {job.id} is {job.status}; only queued or retrying jobs can be canceled")
-    transaction.on_commit(partial(accounting.jobs_canceled, [(job.provider, job.model)]))
+    transaction.on_commit(
+        partial(accounting.jobs_canceled, [(job.provider, job.model)], batch_ids=[job.batch_id] if job.batch_id else [])
+    )
     _audit(job, actor=actor, action=AuditAction.JOB_CANCEL, reason=reason, status=before)
     job.refresh_from_db()
     return job
@@ -93,6 +95,8 @@ def job_delete(
     if not deleted:
         raise Conflict(f"job {job.id} is running; cancel is not possible and delete must wait until it finishes")
     transitions.delete_delivery_on_commit(job.rq_job_id)
+    if job.batch_id is not None:  # it may have been the last of its batch still waiting
+        transaction.on_commit(partial(accounting.batches_settle, [job.batch_id]))
     # the row is gone; the entry keeps what identified it
     _audit(job, actor=actor, action=AuditAction.JOB_DELETE, reason=reason, status=job.status)
 

@@ -14,7 +14,8 @@ import re
 import uuid
 
 from django.contrib import admin, messages
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -25,8 +26,8 @@ from aipb.exceptions import NotFound, ServiceError
 from audit.models import AuditSource
 from audit.records import Actor
 from dlq.models import DeadLetter
-from jobs import actions
-from jobs.models import AIJob, JobAttempt, JobStatus
+from jobs import actions, batch_selectors, batches
+from jobs.models import UNFINISHED_STATUSES, AIJob, Batch, BatchStatus, JobAttempt, JobStatus
 from jobs.serializers import AttemptOutputSerializer
 from usage.models import TokenUsage
 
@@ -281,3 +282,138 @@ class AIJobAdmin(ObjectButtonsMixin, StaffReadOnlyMixin, admin.ModelAdmin):
         if obj.result is None:
             return "-"
         return format_html(_PRE, json.dumps(obj.result, indent=2, ensure_ascii=False))
+
+
+# --- batches ---
+
+BATCH_COLOURS = {BatchStatus.RUNNING: "#2b7bb9", BatchStatus.COMPLETED: "#2e8b57", BatchStatus.CANCELED: "#7f8c8d"}
+
+
+def _jobs_of(status: str | tuple[str, ...]) -> Subquery:
+    """How many of the row's jobs are in `status`: a correlated count on aijob_batch_status, run for the rows
+    of the page only."""
+    statuses = (status,) if isinstance(status, str) else status
+    jobs = AIJob.objects.filter(batch=OuterRef("pk"), status__in=statuses).order_by().values("batch")
+    return Coalesce(Subquery(jobs.annotate(n=Count("*")).values("n")), 0)
+
+
+@admin.register(Batch)
+class BatchAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
+    """Batches with their jobs' counts; a batch's own page adds its cost and a link to its jobs. Cancel goes
+    through jobs.batches.batch_cancel, audited for a batch of someone else."""
+
+    list_display = (
+        "id",
+        "status_badge",
+        "total",
+        "n_succeeded",
+        "n_dead",
+        "n_canceled",
+        "n_unfinished",
+        "age",
+        "owner",
+        "jobs_link",
+    )
+    list_filter = ("status", "created_at")
+    list_select_related = ("owner",)
+    search_fields = ("owner__username",)
+    search_help_text = "A batch id or an owner's username."
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ("cancel_selected",)
+    fields = (
+        "id",
+        "status_badge",
+        "owner",
+        "total",
+        "counts_display",
+        "cost_display",
+        "created_at_s",
+        "finished_at_s",
+        "metadata_display",
+        "jobs_link",
+        "idempotency_key",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_succeeded=_jobs_of(JobStatus.SUCCEEDED),
+                n_dead=_jobs_of(JobStatus.DEAD),
+                n_canceled=_jobs_of(JobStatus.CANCELED),
+                n_unfinished=_jobs_of(UNFINISHED_STATUSES),
+            )
+        )
+
+    def get_search_results(self, request, queryset, search_term):
+        try:
+            return queryset.filter(id=uuid.UUID(search_term.strip())), False
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Batch) -> str:
+        return badge(obj.status, BATCH_COLOURS.get(obj.status, "#555"))
+
+    @admin.display(description="succeeded", ordering="n_succeeded")
+    def n_succeeded(self, obj: Batch) -> int:
+        return obj.n_succeeded
+
+    @admin.display(description="dead", ordering="n_dead")
+    def n_dead(self, obj: Batch) -> int:
+        return obj.n_dead
+
+    @admin.display(description="canceled", ordering="n_canceled")
+    def n_canceled(self, obj: Batch) -> int:
+        return obj.n_canceled
+
+    @admin.display(description="unfinished", ordering="n_unfinished")
+    def n_unfinished(self, obj: Batch) -> int:
+        return obj.n_unfinished
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj: Batch) -> str:
+        return age(obj.created_at)
+
+    created_at_s = timestamp_column("created_at", "created")
+    finished_at_s = timestamp_column("finished_at", "finished")
+
+    @admin.display(description="jobs")
+    def jobs_link(self, obj: Batch) -> str:
+        url = reverse("admin:jobs_aijob_changelist") + f"?batch__id__exact={obj.id}"
+        return format_html('<a href="{}">{} jobs</a>', url, obj.total)
+
+    @admin.display(description="jobs by status")
+    def counts_display(self, obj: Batch) -> str:
+        counts = batch_selectors.batch_counts(batch_ids=[obj.id])[obj.id]
+        return format_html_join(
+            " ", "{}", ((badge(f"{n} {status}", STATUS_COLOURS[status]),) for status, n in counts.items() if n)
+        )
+
+    @admin.display(description="cost (USD)")
+    def cost_display(self, obj: Batch) -> str:
+        return batch_selectors.batch_views([obj])[0].cost_usd
+
+    @admin.display(description="metadata")
+    def metadata_display(self, obj: Batch) -> str:
+        return format_html(_PRE, json.dumps(obj.metadata, indent=2, ensure_ascii=False))
+
+    @admin.action(description="Cancel the selected batches (their jobs that have not started)")
+    def cancel_selected(self, request, queryset):
+        done, refused = 0, []
+        actor = Actor.of_request(request, source=AuditSource.ADMIN)
+        for pk in queryset.order_by("created_at", "id").values_list("id", flat=True):
+            try:
+                batches.batch_cancel(batch_id=pk, actor=actor)
+                done += 1
+            except ServiceError as exc:
+                refused.append(exc.message)
+        if done:
+            self.message_user(request, f"canceled {done} batch{'es' if done != 1 else ''}.", messages.SUCCESS)
+        for reason in refused[:10]:
+            self.message_user(request, reason, messages.WARNING)

@@ -150,16 +150,21 @@ class JobListCreateApi(APIView):
     )
     def post(self, request):
         fields = parse_body(self.InputSerializer, request.data)
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and not 1 <= len(key) <= 255:
-            raise serializers.ValidationError({"Idempotency-Key": ["must be 1 to 255 characters"]})
-        if key is not None and "\x00" in key:  # PostgreSQL text cannot hold NUL
-            raise serializers.ValidationError({"Idempotency-Key": ["must not contain NUL characters"]})
+        key = idempotency_key_of(request)
         job, created = job_submit(owner=request.user, idempotency_key=key, **fields)
         if created:  # the row as inserted: its owner is request.user, it has no attempts yet
             return Response(job_output(job), status=status.HTTP_201_CREATED)
         # a replay answers with the job as it is now (it may have run since)
         return Response(job_output(selectors.job_get(user=request.user, job_id=job.id)), status=status.HTTP_200_OK)
+
+
+def idempotency_key_of(request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise serializers.ValidationError({"Idempotency-Key": ["must be 1 to 255 characters"]})
+    if key is not None and "\x00" in key:  # PostgreSQL text cannot hold NUL
+        raise serializers.ValidationError({"Idempotency-Key": ["must not contain NUL characters"]})
+    return key
 
 
 class JobDetailApi(APIView):

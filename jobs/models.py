@@ -29,6 +29,47 @@ MAX_ATTEMPTS_LIMIT = 10  # the most attempts one submission or retry may be gran
 
 FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELED)
 WAITING_STATUSES = (JobStatus.QUEUED, JobStatus.RETRYING)
+UNFINISHED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)
+
+
+class BatchStatus(models.TextChoices):
+    RUNNING = "running"
+    COMPLETED = "completed"  # every job reached a final state
+    CANCELED = "canceled"  # canceled by its owner or an operator; finished_at once its last job ended
+
+
+class Batch(models.Model):
+    """Jobs submitted together (jobs.batches). Finished once, when its last job reaches a final state
+    (jobs.accounting.batches_settle); its counts and cost are read from its jobs, never stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ai_batches")
+    status = models.CharField(max_length=10, choices=BatchStatus.choices, default=BatchStatus.RUNNING)
+    total = models.PositiveIntegerField()
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name_plural = "batches"
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="batch_owner_created"),
+            # reconcile's sweep reads only the batches still open
+            models.Index(fields=["created_at"], name="batch_unfinished", condition=models.Q(finished_at__isnull=True)),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="batch_owner_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.id} ({self.status})"
 
 
 class AIJob(models.Model):
@@ -59,6 +100,10 @@ class AIJob(models.Model):
     # "<id>_<n>" for later ones (a running RQ job cannot re-enqueue itself under its own id).
     rq_job_id = models.CharField(max_length=64, blank=True, default="")
     deliveries = models.PositiveIntegerField(default=0)
+    # The batch it was submitted in; indexed with status below (a batch's counts are one GROUP BY on it).
+    batch = models.ForeignKey(
+        Batch, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs", db_index=False
+    )
 
     class Meta:
         ordering = ("-created_at",)
@@ -70,6 +115,9 @@ class AIJob(models.Model):
             models.Index(fields=["-created_at"], name="aijob_created"),
             models.Index(fields=["status", "lease_expires_at"], name="aijob_status_lease"),
             models.Index(fields=["finished_at"], name="aijob_finished"),
+            models.Index(
+                fields=["batch", "status"], name="aijob_batch_status", condition=models.Q(batch__isnull=False)
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -163,6 +163,7 @@ def _attempt(job: AIJob) -> str:
         cost=cost,
         delay=result.delay,
         dead_letter_id=result.dead_letter_id,
+        batch_id=job.batch_id,
     )
     if result.status is None:
         return f"abandoned: attempt {number} lost its lease"

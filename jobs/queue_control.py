@@ -134,8 +134,13 @@ class ClearReport:
 @transaction.atomic
 def _cancel_deliveries(rq_job_ids: list[str]) -> list[str]:
     canceled = transitions.jobs_cancel_deliveries(rq_job_ids=rq_job_ids)
-    transaction.on_commit(partial(accounting.jobs_canceled, [(provider, model) for _, provider, model in canceled]))
-    return [job_id for job_id, _, _ in canceled]
+    job_ids = [job_id for job_id, _, _ in canceled]
+    # the batches some of them belong to: each may now be finished (a queue clear is rare; one more query)
+    batch_ids = set(AIJob.objects.filter(id__in=job_ids, batch__isnull=False).values_list("batch_id", flat=True))
+    transaction.on_commit(
+        partial(accounting.jobs_canceled, [(provider, model) for _, provider, model in canceled], batch_ids=batch_ids)
+    )
+    return job_ids
 
 
 def queue_clear(

@@ -66,6 +66,11 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
     if batch:
         _requeue_lost(batch, report, now, dry_run, view)
 
+    if not dry_run:
+        # A batch whose last job ended just before its process died, or was deleted while waiting, finished
+        # without anyone settling it: settled here, once (the same conditional UPDATE; logged and counted there).
+        accounting.batches_settle(None, created_before=now - timedelta(seconds=grace_seconds))
+
     expired = AIJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
     for job in list(expired.only("id", "attempts", "budget_base", "max_attempts")[:EXPIRED_PER_RUN]):
         job_id = job.id
@@ -117,6 +122,7 @@ def _recover_expired(job_id, now: datetime) -> str | None:
             job_id=job.id,
             delay=0.0 if expiry.status == JobStatus.RETRYING else None,  # put back on the queue at once
             dead_letter_id=entry.id if entry is not None else None,
+            batch_id=job.batch_id,
         )
     )
     return expiry.status

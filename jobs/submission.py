@@ -59,15 +59,22 @@ def _unstorable(value: object) -> str | None:
     return None
 
 
-def _clean_options(options: dict | None, provider: str) -> dict:
-    options = dict(options or {})
-    if _depth(options) > MAX_OPTIONS_DEPTH:  # first: the checks below recurse
-        raise InvalidInput(f"options may nest at most {MAX_OPTIONS_DEPTH} levels deep")
-    if len(json.dumps(options)) > settings.AI_MAX_OPTIONS_BYTES:
-        raise InvalidInput(f"options must be at most {settings.AI_MAX_OPTIONS_BYTES} bytes of JSON")
-    problem = _unstorable(options)
+def json_object_checked(value: dict | None, *, what: str) -> dict:
+    """A JSON object a client sends for us to store (a job's options, a batch's metadata): bounded in depth
+    and size, and storable in jsonb."""
+    value = dict(value or {})
+    if _depth(value) > MAX_OPTIONS_DEPTH:  # first: the checks below recurse
+        raise InvalidInput(f"{what} may nest at most {MAX_OPTIONS_DEPTH} levels deep")
+    if len(json.dumps(value)) > settings.AI_MAX_OPTIONS_BYTES:
+        raise InvalidInput(f"{what} must be at most {settings.AI_MAX_OPTIONS_BYTES} bytes of JSON")
+    problem = _unstorable(value)
     if problem:
-        raise InvalidInput(f"options {problem}")
+        raise InvalidInput(f"{what} {problem}")
+    return value
+
+
+def _clean_options(options: dict | None, provider: str) -> dict:
+    options = json_object_checked(options, what="options")
     if "simulate" in options:
         if provider != "simulated":
             raise InvalidInput("options.simulate is only accepted with provider 'simulated'")
@@ -119,6 +126,27 @@ def job_fields_clean(
     }
 
 
+def job_build(
+    *,
+    owner: AbstractBaseUser,
+    prompt: str,
+    provider: str | None = None,
+    model: str | None = None,
+    priority: str = Priority.NORMAL,
+    options: dict | None = None,
+    max_attempts: int | None = None,
+    idempotency_key: str | None = None,
+) -> AIJob:
+    """A submission validated, as its unsaved row (fingerprinted, its first delivery named): what job_submit
+    inserts, and what a batch (jobs.batches) inserts a thousand of at once."""
+    fields = job_fields_clean(
+        prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+    )
+    job = AIJob(owner=owner, **fields, idempotency_key=idempotency_key, request_fingerprint=_fingerprint(**fields))
+    job.deliveries, job.rq_job_id = next_delivery(job)
+    return job
+
+
 def job_submit(
     *,
     owner: AbstractBaseUser,
@@ -131,18 +159,21 @@ def job_submit(
     idempotency_key: str | None = None,
 ) -> tuple[AIJob, bool]:
     """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
-    _check_intake()
-    fields = job_fields_clean(
-        prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+    intake_check()
+    job = job_build(
+        owner=owner,
+        prompt=prompt,
+        provider=provider,
+        model=model,
+        priority=priority,
+        options=options,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
     )
-    fingerprint = _fingerprint(**fields)
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return _idempotent_replay(existing, fingerprint), False
-
-    job = AIJob(owner=owner, **fields, idempotency_key=idempotency_key, request_fingerprint=fingerprint)
-    job.deliveries, job.rq_job_id = next_delivery(job)
+            return _idempotent_replay(existing, job.request_fingerprint), False
     try:
         if idempotency_key is not None and connection.in_atomic_block:
             with transaction.atomic():  # a savepoint: a collision must not doom the caller's transaction
@@ -156,7 +187,7 @@ def job_submit(
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is None:
             raise
-        return _idempotent_replay(existing, fingerprint), False
+        return _idempotent_replay(existing, job.request_fingerprint), False
     enqueue_on_commit(job, fail_fast=True)
     return job, True
 
@@ -164,7 +195,8 @@ def job_submit(
 INTAKE_RETRY_AFTER_SECONDS = 60
 
 
-def _check_intake() -> None:
+def intake_check() -> None:
+    """503 (IntakeClosed) while an operator has intake closed."""
     try:
         closed = queues.intake_closed_info(best_effort)
     except RedisError:  # Redis down: nobody can have closed intake since; submissions go on (reconcile delivers)

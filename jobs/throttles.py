@@ -12,12 +12,19 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework.throttling import ScopedRateThrottle
 
+from aipb.exceptions import InvalidInput
 from aipb.redis_client import redis_skipped
 from jobs.models import AIJob
 
 
 class SubmitThrottle(ScopedRateThrottle):
+    """``hits``: how many submissions the request makes (a batch's jobs); each counts against the rate."""
+
     _wait: float | None = None
+
+    def __init__(self, hits: int = 1) -> None:
+        super().__init__()
+        self.hits = hits
 
     def allow_request(self, request, view):
         self.scope = getattr(view, self.scope_attr, None)
@@ -27,13 +34,19 @@ class SubmitThrottle(ScopedRateThrottle):
         self.num_requests, self.duration = self.parse_rate(self.rate)
         if self.rate is None:
             return True
+        if self.hits > self.num_requests:  # could never be admitted: waiting would not help
+            raise InvalidInput(
+                f"{self.hits} jobs at once exceed the submission rate of {self.rate}; submit fewer at a time"
+            )
         if redis_skipped():
             return self._allow_by_database(request)
         count = getattr(self.cache, "sliding_window_hit", None)
-        if count is None:  # a cache other than aipb.cache's (a test's, say): DRF's own way
+        if count is None:  # a cache other than aipb.cache's (a test's, say): DRF's own way, one hit a request
             self._wait = None
             return super().allow_request(request, view)
-        self._wait = count(self.get_cache_key(request, view), limit=self.num_requests, window_seconds=self.duration)
+        self._wait = count(
+            self.get_cache_key(request, view), limit=self.num_requests, window_seconds=self.duration, hits=self.hits
+        )
         return self._wait is None
 
     def _allow_by_database(self, request) -> bool:
@@ -41,7 +54,7 @@ class SubmitThrottle(ScopedRateThrottle):
             return True
         since = timezone.now() - timedelta(seconds=self.duration)
         recent = AIJob.objects.filter(owner=request.user, created_at__gte=since).count()
-        self._wait = float(self.duration) if recent >= self.num_requests else None
+        self._wait = float(self.duration) if recent + self.hits > self.num_requests else None
         return self._wait is None
 
     def wait(self):

@@ -29,7 +29,16 @@ from django.utils import timezone
 from aipb.redis_client import RedisSkipped, best_effort
 from jobs import queues
 from jobs.errors import Classified, ErrorType
-from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
+from jobs.models import (
+    UNFINISHED_STATUSES,
+    WAITING_STATUSES,
+    AIJob,
+    AttemptOutcome,
+    Batch,
+    BatchStatus,
+    JobAttempt,
+    JobStatus,
+)
 from jobs.providers.base import Usage
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,24 @@ def _enqueue_safely(delivery: Callable[..., None], *, job_id: str, fail_fast: bo
         log.warning("Redis is down: job %s is committed and will be enqueued by reconcile", job_id)
     except Exception:
         log.exception("enqueue of job %s failed; reconcile will re-enqueue it", job_id)
+
+
+def enqueue_many_on_commit(jobs: list[AIJob], *, fail_fast: bool = False) -> None:
+    """Enqueue the jobs' first deliveries once the transaction commits, all in one pipeline (a batch)."""
+    deliveries = [(str(job.id), job.rq_job_id, job.priority, job.provider) for job in jobs]
+    transaction.on_commit(partial(_enqueue_many_safely, deliveries, fail_fast=fail_fast))
+
+
+def _enqueue_many_safely(deliveries: list[tuple[str, str, str, str]], *, fail_fast: bool) -> None:
+    try:
+        if fail_fast:
+            best_effort(lambda connection: queues.deliveries_enqueue(deliveries, connection=connection))
+        else:
+            queues.deliveries_enqueue(deliveries)
+    except RedisSkipped:
+        log.warning("Redis is down: %d jobs are committed and will be enqueued by reconcile", len(deliveries))
+    except Exception:
+        log.exception("enqueue of %d jobs failed; reconcile will re-enqueue them", len(deliveries))
 
 
 def delete_delivery_on_commit(rq_job_id: str) -> None:
@@ -356,3 +383,69 @@ def job_requeue(*, job: AIJob) -> bool:
         job.refresh_from_db()
         enqueue_on_commit(job)
     return bool(updated)
+
+
+# --- batches ---
+
+
+def batch_jobs_cancel_waiting(*, batch_id: object) -> list[tuple[str, str, str]]:
+    """Every queued|retrying job of the batch → canceled, in one statement; running ones go on. Their
+    deliveries are removed after commit (one pipeline); one that runs first claims nothing. Returns
+    (job id, provider, model) of each canceled job."""
+    now = timezone.now()
+    rows = list(
+        AIJob.objects.raw(
+            """
+            UPDATE jobs_aijob AS j
+               SET status = %s, finished_at = %s, updated_at = %s, next_attempt_at = NULL, rq_job_id = ''
+              FROM jobs_aijob AS old
+             WHERE j.id = old.id AND j.batch_id = %s AND j.status = ANY(%s)
+         RETURNING j.id, j.provider, j.model, old.rq_job_id AS old_rq_job_id
+            """,
+            [JobStatus.CANCELED, now, now, batch_id, [str(s) for s in WAITING_STATUSES]],
+        )
+    )
+    rq_job_ids = [row.old_rq_job_id for row in rows if row.old_rq_job_id]
+    if rq_job_ids:
+        transaction.on_commit(partial(_remove_deliveries_safely, rq_job_ids))
+    return [(str(row.id), row.provider, row.model) for row in rows]
+
+
+def _remove_deliveries_safely(rq_job_ids: list[str]) -> None:
+    try:
+        queues.deliveries_remove(rq_job_ids)
+    except Exception:
+        log.exception("could not remove %d RQ jobs (they will find nothing to claim)", len(rq_job_ids))
+
+
+def batch_mark_canceled(*, batch_id: object) -> bool:
+    """running → canceled (finished_at comes when its last job ends: batches_finish_if_done)."""
+    return bool(Batch.objects.filter(id=batch_id, status=BatchStatus.RUNNING).update(status=BatchStatus.CANCELED))
+
+
+def batches_finish_if_done(*, batch_ids: list | None = None, created_before: datetime | None = None) -> list[Batch]:
+    """Finish each open batch (these, or with None every one created before `created_before`) whose jobs are
+    all final: running → completed, a canceled one keeps its status; finished_at set. One conditional UPDATE.
+
+    Race-free when called after the commit that ended a job: each call reads the jobs in a snapshot taken after
+    its own commit, so of several jobs ending at once the last to commit sees them all final; the condition on
+    finished_at lets only one call finish a batch. A job retried after its batch finished leaves it finished.
+    """
+    if batch_ids is not None and not batch_ids:
+        return []
+    where, params = (
+        ("b.id = ANY(%s)", [list(batch_ids)]) if batch_ids is not None else ("b.created_at < %s", [created_before])
+    )
+    now = timezone.now()
+    return list(
+        Batch.objects.raw(
+            f"""
+            UPDATE jobs_batch AS b
+               SET finished_at = %s, status = CASE WHEN b.status = %s THEN %s ELSE b.status END
+             WHERE {where} AND b.finished_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM jobs_aijob AS j WHERE j.batch_id = b.id AND j.status = ANY(%s))
+         RETURNING b.*
+            """,
+            [now, BatchStatus.RUNNING, BatchStatus.COMPLETED, *params, [str(s) for s in UNFINISHED_STATUSES]],
+        )
+    )

@@ -164,3 +164,14 @@ def schedule_fired(*, outcome: str) -> None:
 
 def scheduler_ticked(*, at: float) -> None:
     SCHEDULER_LAST_TICK.set(at)
+
+
+# Batches (jobs.batches) that finished: every job final, by the batch's status then (completed, or canceled).
+BATCHES = Counter("ai_batches", "Batches whose jobs all reached a final state, by the batch's status", ["status"])
+BATCH_STATUSES = ("completed", "canceled")
+for _status in BATCH_STATUSES:
+    BATCHES.labels(_status)  # at 0 from the start, like the unpriced calls
+
+
+def batch_finished(*, status: str) -> None:
+    BATCHES.labels(status if status in BATCH_STATUSES else "other").inc()

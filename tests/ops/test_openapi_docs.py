@@ -15,6 +15,10 @@ from monitoring.timeseries import stats_timeseries
 pytestmark = pytest.mark.django_db
 
 DOCUMENTED = {
+    "/api/ai/batches": ["get", "post"],
+    "/api/ai/batches/{batch_id}": ["get"],
+    "/api/ai/batches/{batch_id}/jobs": ["get"],
+    "/api/ai/batches/{batch_id}/cancel": ["post"],
     "/api/ai/dlq": ["get"],
     "/api/ai/dlq/stats": ["get"],
     "/api/ai/dlq/retry": ["post"],
