@@ -70,7 +70,10 @@ class AIJob(models.Model):
             models.Index(fields=["-created_at"], name="aijob_created"),
             models.Index(fields=["status", "lease_expires_at"], name="aijob_status_lease"),
             models.Index(fields=["finished_at"], name="aijob_finished"),
+            # one user's waiting jobs, counted at each submission (jobs.fairness.queued_check)
+            models.Index(fields=["owner"], condition=models.Q(status__in=WAITING_STATUSES), name="aijob_owner_waiting"),
         ]
+        permissions = [("submit_high_priority", "Can submit jobs with high priority")]
         constraints = [
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],

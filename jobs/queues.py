@@ -19,6 +19,7 @@ from django.conf import settings
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.rate_limit import RateLimit
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.suspension import is_suspended, resume, suspend
 
@@ -57,10 +58,18 @@ def _run_at(delay: float) -> datetime:
 
 
 def enqueue_delivery(
-    *, job_id: str, rq_job_id: str, priority: str, provider: str | None = None, delay: float = 0.0, connection=None
+    *,
+    job_id: str,
+    rq_job_id: str,
+    priority: str,
+    provider: str | None = None,
+    delay: float = 0.0,
+    rate_limit: RateLimit | None = None,
+    connection=None,
 ) -> None:
     """Put one delivery of a job on its queue; the RQ job carries ids (and the provider, so the worker
-    can take a rate-limit token before it touches the database)."""
+    can take a rate-limit token before it touches the database). With its owner's rate limit
+    (jobs.fairness) it waits outside the queue while the owner has as many deliveries queued or running."""
     queue = get_queue(queue_name(priority), connection)
     kwargs = {
         "job_id": rq_job_id,
@@ -73,8 +82,31 @@ def enqueue_delivery(
     with queue.connection.pipeline() as pipe:
         if delay > 0:
             queue.enqueue_at(
-                _run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs
+                _run_at(delay),
+                "jobs.rq_jobs.run_job",
+                job_id,
+                rq_job_id,
+                provider,
+                pipeline=pipe,
+                rate_limit=rate_limit,
+                **kwargs,
             )
+        elif rate_limit is not None:
+            # RQ's enqueue refuses a pipeline for a rate-limited job; its scheduler and dependency code enqueue
+            # one on a pipeline with this call (the job saved as rate_limited, then the promotion script), and so
+            # do we, to keep the enqueue one round trip.
+            job = queue.create_job(
+                "jobs.rq_jobs.run_job",
+                args=(job_id, rq_job_id, provider),
+                job_id=rq_job_id,
+                timeout=kwargs["job_timeout"],
+                result_ttl=kwargs["result_ttl"],
+                failure_ttl=kwargs["failure_ttl"],
+                description=kwargs["description"],
+                rate_limit=rate_limit,
+            )
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            queue._enqueue_rate_limited_job(job, pipeline=pipe)
         else:
             queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs)
         pipe.execute()

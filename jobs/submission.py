@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from aipb.exceptions import Conflict, IntakeClosed, InvalidInput
 from aipb.redis_client import best_effort
-from jobs import catalogue, queues
+from jobs import catalogue, fairness, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
@@ -120,6 +120,7 @@ def job_submit(
         if existing is not None:
             return _idempotent_replay(existing, fingerprint), False
 
+    fairness.queued_check(owner=owner)
     job = AIJob(
         owner=owner,
         provider=provider,

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from aipb.redis_client import RedisSkipped, best_effort
-from jobs import queues
+from jobs import fairness, queues
 from jobs.errors import Classified, ErrorType
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.providers.base import Usage
@@ -54,6 +54,7 @@ def enqueue_on_commit(job: AIJob, *, delay: float = 0.0, fail_fast: bool = False
         priority=job.priority,
         provider=provider,
         delay=delay,
+        rate_limit=fairness.rate_limit_for(None if "owner_id" in job.get_deferred_fields() else job.owner_id),
     )
     transaction.on_commit(partial(_enqueue_safely, delivery, job_id=str(job.id), fail_fast=fail_fast))
 
