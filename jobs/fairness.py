@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -28,7 +29,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from rq.rate_limit import RateLimit, RateLimitRegistry
 
 from aipb.exceptions import Forbidden, TooManyQueued
-from jobs.models import WAITING_STATUSES, AIJob, Priority
+from jobs.models import WAITING_STATUSES, AIJob, JobStatus, Priority
 
 HIGH_PRIORITY_PERMISSION = "jobs.submit_high_priority"
 KEY_PREFIX = "aipb-user-"  # RQ rate-limit keys of ours: one per user id
@@ -111,21 +112,42 @@ def rate_limit_for(owner_id: int | None) -> RateLimit | None:
 
 
 def slots_release_lost(conn, view) -> list[str]:
-    """Release the slots of admitted deliveries that will never end on their own (their worker was killed, or
-    they were lost after the pop), then let RQ fill free slots and drop empty keys. `view`: reconcile's
-    jobs.redis_state.DeliveryView. Returns the deliveries released."""
+    """Release the slots of admitted deliveries that will never end on their own, then let RQ fill free slots
+    and drop empty keys. A delivery is done with its slot when Redis says it will never run or end (`view`:
+    reconcile's jobs.redis_state.DeliveryView; lost after its pop, or started by a worker that stopped
+    heart-beating minutes ago) or when Postgres says its job no longer waits on it or runs it (lease recovery
+    gave the job a new delivery after its worker was killed; canceled; deleted; final) — the second finds a
+    killed worker's slot one lease after the kill, not only once its heartbeat is stale.
+    Returns the deliveries released."""
+    registries = [registry for registry in RateLimitRegistry.all(conn) if registry.key.startswith(KEY_PREFIX)]
+    admitted = {registry.key: registry.get_allowed_job_ids() for registry in registries}
+    current = _current_deliveries([rq_job_id for ids in admitted.values() for rq_job_id in ids])
     released = []
-    for registry in RateLimitRegistry.all(conn):
-        if not registry.key.startswith(KEY_PREFIX):
-            continue
-        admitted = registry.get_allowed_job_ids()
-        alive = view.alive(admitted) if admitted else set()
-        for rq_job_id in admitted:
+    for registry in registries:
+        ids = admitted[registry.key]
+        kept = [rq_job_id for rq_job_id in ids if rq_job_id in current]
+        alive = view.alive(kept) if kept else set()
+        for rq_job_id in ids:
             if rq_job_id not in alive:
                 registry.release_and_enqueue(rq_job_id)
                 released.append(rq_job_id)
         registry.cleanup()
     return released
+
+
+def _current_deliveries(rq_job_ids: list[str]) -> set[str]:
+    """Those of the deliveries that their job, waiting or running, is still carried by (AIJob.rq_job_id)."""
+    job_ids = set()
+    for rq_job_id in rq_job_ids:
+        try:
+            job_ids.add(uuid.UUID(rq_job_id.split("_", 1)[0]))
+        except ValueError:  # not a delivery of ours: nothing carries it
+            continue
+    if not job_ids:
+        return set()
+    rows = AIJob.objects.filter(id__in=job_ids, status__in=(*WAITING_STATUSES, JobStatus.RUNNING))
+    carried = set(rows.values_list("rq_job_id", flat=True))
+    return {rq_job_id for rq_job_id in rq_job_ids if rq_job_id in carried}
 
 
 def slots_held(conn, owner_id: int) -> dict[str, int]:

@@ -16,10 +16,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.rate_limit import RateLimit
+from rq.rate_limit import RateLimit, RateLimitRegistry
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.suspension import is_suspended, resume, suspend
 
@@ -107,6 +108,15 @@ def enqueue_delivery(
             )
             pipe.sadd(queue.redis_queues_keys, queue.key)
             queue._enqueue_rate_limited_job(job, pipeline=pipe)
+            # redis-py asks Redis whether the promotion script is loaded (SCRIPT EXISTS, one more round trip)
+            # before every pipeline that runs one; it is, after the first. When it is not (a restarted Redis), the
+            # rest of the transaction is applied and the promotion runs again on its own, loading the script.
+            pipe.scripts.clear()
+            try:
+                pipe.execute()
+            except NoScriptError:
+                RateLimitRegistry.from_job(job).acquire_and_enqueue(rate_limit.concurrency)
+            return
         else:
             queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs)
         pipe.execute()
