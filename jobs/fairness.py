@@ -150,6 +150,15 @@ def _current_deliveries(rq_job_ids: list[str]) -> set[str]:
     return {rq_job_id for rq_job_id in rq_job_ids if rq_job_id in carried}
 
 
+def held_deliveries(conn) -> list[tuple[str, list[str]]]:
+    """(the sorted set, the ids) of every user's deliveries held back by their cap, for `queue clear`."""
+    out = []
+    for registry in RateLimitRegistry.all(conn):
+        if registry.key.startswith(KEY_PREFIX) and (ids := registry.get_rate_limited_job_ids()):
+            out.append((registry.rate_limited_key, ids))
+    return out
+
+
 def slots_held(conn, owner_id: int) -> dict[str, int]:
     """One user's deliveries admitted (queued or running) and held back, for the fairness tests and operators."""
     registry = RateLimitRegistry(key=f"{KEY_PREFIX}{owner_id}", connection=conn)

@@ -61,12 +61,12 @@ def test_a_heavy_users_backlog_cannot_starve_a_light_users_job(stack):
     waited = (first.started_at - job.created_at).total_seconds()
     # the heavy user had 22 jobs waiting: without the cap the light job would queue behind them, ~11 s on 4 slots
     assert waited <= CALL_SECONDS + 1.0, f"the light user's job waited {waited:.1f}s"
+
+    stack.wait_final(timeout=24 * CALL_SECONDS + 120)
     heavy_later = JobAttempt.objects.using(ALIAS).filter(
         job__owner__username=USERNAME, number=1, started_at__gt=first.started_at
     )
     assert heavy_later.count() >= 12, "the heavy user's backlog was not waiting: nothing was shown"
-
-    stack.wait_final(timeout=24 * CALL_SECONDS + 120)
     assert stack.status_counts() == {JobStatus.SUCCEEDED: 25}
     attempts = list(
         JobAttempt.objects.using(ALIAS).filter(job__owner__username=USERNAME).values_list("started_at", "finished_at")

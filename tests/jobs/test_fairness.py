@@ -26,6 +26,7 @@ from bench.counting import Counter
 from dlq.models import DeadLetter
 from jobs import fairness, pipeline, redis_state, transitions
 from jobs.models import AIJob, JobAttempt, JobStatus
+from jobs.queue_control import queue_clear
 from jobs.queues import all_queues
 from jobs.recovery import jobs_reconcile
 from jobs.threaded_worker import AIPBThreadedWorker
@@ -415,3 +416,17 @@ def test_a_slot_whose_job_moved_on_is_released_before_its_heartbeat_goes_stale(i
     # one of the held deliveries took the freed slot (RQ promotes the oldest, by whole seconds)
     queued = queued_ids(redis_conn)
     assert len(queued) == 2 and jobs[1].rq_job_id in queued and jobs[0].rq_job_id not in queued
+
+
+@pytest.mark.django_db(transaction=True)
+def test_clearing_the_waiting_work_cancels_the_held_deliveries_too(in_flight, user, redis_conn):
+    jobs = [submit_job(user, simulate={}) for _ in range(5)]
+    assert fairness.slots_held(redis_conn, user.pk) == {"admitted": 2, "held": 3}
+
+    report = queue_clear(status="waiting")
+
+    assert sorted(report.canceled) == sorted(str(j.id) for j in jobs) and report.removed == 5
+    assert set(AIJob.objects.values_list("status", flat=True)) == {JobStatus.CANCELED}
+    assert fairness.slots_held(redis_conn, user.pk)["held"] == 0 and deliveries(redis_conn) == 0
+    jobs_reconcile(grace_seconds=0)  # the cleared deliveries' slots
+    assert fairness.slots_held(redis_conn, user.pk) == {"admitted": 0, "held": 0}
