@@ -40,6 +40,20 @@ class Conflict(ServiceError):
     error_type = "conflict"
 
 
+class Forbidden(ServiceError):
+    """The caller may not do this (a permission it lacks); the same type as DRF's permission refusals."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    error_type = "permission_denied"
+
+
+class TooManyQueued(ServiceError):
+    """The owner has as many jobs waiting as their cap allows: submit again once some have started."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_type = "too_many_queued"
+
+
 class IntakeClosed(ServiceError):
     """An operator closed intake (`manage.py queue intake off`): submissions wait, workers keep draining."""
 

@@ -231,7 +231,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "aipb.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
-    "DEFAULT_THROTTLE_RATES": {"submit": env_str("AI_SUBMIT_THROTTLE_RATE", "6000/min")},
+    "DEFAULT_THROTTLE_RATES": {"submit": env_str("AI_SUBMIT_THROTTLE_RATE", "1200/min")},
 }
 # Login throttling (django-axes, aipb.login_throttle): a username+address pair is locked out after this many
 # consecutive failures on /admin/login/ and POST /api/auth/token, for the lockout time or until an operator
@@ -291,6 +291,29 @@ AI_WORKER_SHUTDOWN_GRACE_SECONDS = env_float("AI_WORKER_SHUTDOWN_GRACE_SECONDS",
 # Retire a worker process after this many jobs (0: never); its pool starts a new one (jobs.worker.RecycleMixin).
 AI_WORKER_MAX_JOBS = env_int("AI_WORKER_MAX_JOBS", 0, minimum=0)
 AI_WORKER_CONCURRENCY = env_int("AI_WORKER_CONCURRENCY", 10, minimum=1)
+# Fair sharing (jobs.fairness): one user's deliveries queued or running at once, so a user with a backlog cannot
+# hold every worker; 0 = no cap. Default half of AI_WORKER_CONCURRENCY (set it from the whole fleet's concurrency
+# when several hosts run workers). Overrides: "alice=8,group:batch=2" (a user's own entry wins, else the largest
+# of their groups').
+AI_USER_MAX_IN_FLIGHT = env_int("AI_USER_MAX_IN_FLIGHT", max(1, AI_WORKER_CONCURRENCY // 2), minimum=0)
+
+
+def _in_flight_overrides(raw: str) -> dict[str, dict[str, int]]:
+    overrides: dict[str, dict[str, int]] = {"user": {}, "group": {}}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, value = item.rpartition("=")
+        kind, key = ("group", name[len("group:") :]) if name.startswith("group:") else ("user", name)
+        if not key.strip() or not value.strip().isdigit():
+            raise ImproperlyConfigured(
+                f"AI_USER_MAX_IN_FLIGHT_OVERRIDES: {item!r} is not NAME=N or group:NAME=N (N a whole number)"
+            )
+        overrides[kind][key.strip()] = int(value)
+    return overrides
+
+
+AI_USER_MAX_IN_FLIGHT_OVERRIDES = _in_flight_overrides(env_str("AI_USER_MAX_IN_FLIGHT_OVERRIDES"))
+# Jobs one user may have waiting (queued or retrying); a submission past it is a 429. 0 = no cap.
+AI_USER_MAX_QUEUED = env_int("AI_USER_MAX_QUEUED", 2000, minimum=0)
 AI_RATE_LIMIT_PER_SECOND = env_float("AI_RATE_LIMIT_PER_SECOND", 20.0, minimum=0)
 AI_RATE_LIMIT_BURST = env_float("AI_RATE_LIMIT_BURST", 0.0, minimum=0)  # 0 = one second's worth
 AI_RATE_LIMIT_PER_PROVIDER = env_bool("AI_RATE_LIMIT_PER_PROVIDER", False)

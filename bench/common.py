@@ -73,6 +73,9 @@ def configure_env() -> None:
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aipb.settings")
     os.environ["AI_ENABLE_SIMULATED_PROVIDER"] = "1"
+    # one bench user's throughput is what is measured: no per-user caps (jobs.fairness; their costs in its tests)
+    os.environ.setdefault("AI_USER_MAX_IN_FLIGHT", "0")
+    os.environ.setdefault("AI_USER_MAX_QUEUED", "0")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each benchmark that wants it sets its own
     if str(ROOT) not in sys.path:

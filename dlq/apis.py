@@ -28,6 +28,7 @@ from dlq.serializers import (
 )
 from jobs.catalogue import PROVIDER_IDS
 from jobs.errors import ErrorType
+from jobs.throttles import SubmitThrottle
 
 
 class DeadLetterFilters(StrictSerializer):
@@ -120,13 +121,18 @@ class DeadLetterStatsApi(StaffApi):
 
 
 class DeadLetterRetryApi(StaffApi):
+    # a retry costs provider calls like a submission does, so it counts against the same per-user throttle
+    throttle_scope = "submit"
+    throttle_classes = [SubmitThrottle]
+
     @extend_schema(
         operation_id="ai_dlq_retry",
         summary="Retry one dead letter's job",
         description=(
             "Puts the entry's job back on the queue with a fresh budget of attempts and marks the entry retried "
             "(with every other open entry of the same job). 409 when the entry is not open, or its job was "
-            "deleted (discard it instead). Staff only; recorded in the audit trail."
+            "deleted (discard it instead); 429 past the submission throttle, which retries count against. Staff "
+            "only; recorded in the audit trail."
         ),
         examples=[
             OpenApiExample(
@@ -138,7 +144,7 @@ class DeadLetterRetryApi(StaffApi):
         ],
         request=None,
         parameters=[ENTRY_ID],
-        responses={202: DeadLetterRetryOutputSerializer, **error_responses(400, 404, 409)},
+        responses={202: DeadLetterRetryOutputSerializer, **error_responses(400, 404, 409, 429)},
     )
     def post(self, request, entry_id: int):
         entry, job = services.dlq_retry(entry_id=entry_id, actor=Actor.of_api(request))

@@ -25,7 +25,7 @@ from aipb.api import (
     parse_query,
 )
 from audit.records import Actor
-from jobs import actions, selectors
+from jobs import actions, fairness, selectors
 from jobs.catalogue import PROVIDER_IDS, providers_status
 from jobs.errors import ErrorType
 from jobs.models import MAX_ATTEMPTS_LIMIT, JobStatus, Priority
@@ -123,13 +123,14 @@ class JobListCreateApi(APIView):
         responses={
             201: JobOutputSerializer,
             200: JobOutputSerializer,
-            **error_responses(400, 409, 413, 415, 429, 503),
+            **error_responses(400, 403, 409, 413, 415, 429, 503),
         },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
         summary="Submit a page-generation job",
         description="Validates the prompt, provider and model, commits the job and enqueues it: 201 with the "
         "job. With an Idempotency-Key, sending the same request again answers 200 with the job it made (409 "
-        "if the body differs). 429 past the submission throttle, 503 while intake is closed.",
+        "if the body differs). 403 for priority high without staff or the jobs.submit_high_priority permission; "
+        "429 past the submission throttle or with AI_USER_MAX_QUEUED jobs waiting; 503 while intake is closed.",
         examples=[
             OpenApiExample("a page", value=SUBMIT_EXAMPLE, request_only=True),
             OpenApiExample(
@@ -151,6 +152,7 @@ class JobListCreateApi(APIView):
     def post(self, request):
         fields = parse_body(self.InputSerializer, request.data)
         key = idempotency_key_of(request)
+        fairness.priority_check(owner=request.user, priority=fields["priority"])  # before anything is written
         job, created = job_submit(owner=request.user, idempotency_key=key, **fields)
         if created:  # the row as inserted: its owner is request.user, it has no attempts yet
             return Response(job_output(job), status=status.HTTP_201_CREATED)
@@ -193,12 +195,17 @@ class JobDetailApi(APIView):
 
 
 class JobRetryApi(APIView):
+    # a retry costs provider calls like a submission does, so it counts against the same per-user throttle
+    throttle_scope = "submit"
+    throttle_classes = [SubmitThrottle]
+
     @extend_schema(
         request=None,
-        responses={202: JobOutputSerializer, **error_responses(404, 409)},
+        responses={202: JobOutputSerializer, **error_responses(404, 409, 429)},
         summary="Retry a dead or canceled job",
         description="Puts the job back on the queue with a fresh budget of max_attempts further attempts and "
-        "resolves its dead letters. 409 unless it is dead or canceled.",
+        "resolves its dead letters. 409 unless it is dead or canceled; 429 past the submission throttle, which "
+        "retries count against.",
         examples=[_job_example("queued again", "202")],
     )
     def post(self, request, job_id):

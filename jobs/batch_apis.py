@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from aipb.api import ListParams, Pagination, StrictSerializer, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
-from jobs import batch_selectors, batches
+from jobs import batch_selectors, batches, fairness
 from jobs.apis import JOB_EXAMPLE, JobListCreateApi, idempotency_key_of
 from jobs.batch_serializers import BatchOutputSerializer, batch_output
 from jobs.models import JobStatus
@@ -121,6 +121,8 @@ class BatchListCreateApi(APIView):
                 jobs.append(parse_body(JobListCreateApi.InputSerializer, item))
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({f"jobs[{index}]": exc.detail}) from None
+        for job in jobs:  # before anything is written or counted
+            fairness.priority_check(owner=request.user, priority=job.get("priority", ""))
         throttle = SubmitThrottle(hits=len(jobs))
         if not throttle.allow_request(request, self):
             self.throttled(request, throttle.wait())

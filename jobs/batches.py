@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from aipb.exceptions import Conflict, InvalidInput, NotFound
 from audit.models import AuditAction
 from audit.records import Actor, audit_record, reason_checked
-from jobs import accounting, transitions
+from jobs import accounting, fairness, transitions
 from jobs.models import AIJob, Batch, BatchStatus
 from jobs.submission import intake_check, job_build, json_object_checked
 
@@ -60,6 +60,7 @@ def batch_submit(
         if existing is not None:
             return _idempotent_replay(existing, fingerprint), False
 
+    fairness.queued_check(owner=owner, adding=len(built))
     batch = Batch(
         owner=owner,
         total=len(built),

@@ -118,7 +118,10 @@ class AIJob(models.Model):
             models.Index(
                 fields=["batch", "status"], name="aijob_batch_status", condition=models.Q(batch__isnull=False)
             ),
+            # one user's waiting jobs, counted at each submission (jobs.fairness.queued_check)
+            models.Index(fields=["owner"], condition=models.Q(status__in=WAITING_STATUSES), name="aijob_owner_waiting"),
         ]
+        permissions = [("submit_high_priority", "Can submit jobs with high priority")]
         constraints = [
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],

@@ -28,7 +28,7 @@ from aipb.exceptions import InvalidInput
 from aipb.redis_client import get_redis
 from audit.models import AuditAction
 from audit.records import Actor, audit_record, capped, reason_checked
-from jobs import accounting, queues, transitions
+from jobs import accounting, fairness, queues, transitions
 from jobs.models import AIJob, JobStatus
 from jobs.queues import QUEUE_ORDER, QUEUE_STATUSES
 from jobs.redis_state import workers_list
@@ -156,21 +156,23 @@ def queue_clear(
         raise InvalidInput(f"status must be one of {', '.join(CLEARABLE)}")
     conn = get_redis()
     report = ClearReport(status=status)
-    todo: list[tuple[str, str, list[str]]] = []  # queue name, key of its list or registry, ids
+    todo: list[tuple[str, str, list[str], str]] = []  # queue name, key of its list or registry, ids, kind
     for name in QUEUE_ORDER:
         if status == "waiting":
-            todo.append((name, queues.list_key(name), queues.waiting_ids(name)))
+            todo.append((name, queues.list_key(name), queues.waiting_ids(name), "list"))
         else:
-            todo.append((name, queues.registry_key(name, status), queues.registry_ids(name, status)))
-    total = sum(len(ids) for _, _, ids in todo)
+            todo.append((name, queues.registry_key(name, status), queues.registry_ids(name, status), "zset"))
+    if status == "waiting":  # deliveries held back by their owner's fair share wait too, outside the queues
+        todo.extend(("", key, ids, "zset") for key, ids in fairness.held_deliveries(conn))
+    total = sum(len(ids) for _, _, ids, _ in todo)
     done = 0
-    for name, key, ids in todo:
+    for name, key, ids, kind in todo:
         for batch in queues.batched(ids, CLEAR_BATCH):
             if status in ("waiting", "delayed"):
                 # Postgres first: a delivery that vanishes from Redis between the two steps was
                 # taken by a worker, which then finds its job canceled and claims nothing.
                 report.canceled.extend(_cancel_deliveries(batch))
-            taken = queues.take_out(conn, key, batch, kind="list" if status == "waiting" else "zset")
+            taken = queues.take_out(conn, key, batch, kind=kind)
             if status == "delayed" and len(taken) < len(batch):
                 # the scheduler moved some to the queue meanwhile: take those out of the queue too
                 moved = [rq_id for rq_id in batch if rq_id not in set(taken)]

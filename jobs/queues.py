@@ -16,9 +16,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.rate_limit import RateLimit, RateLimitRegistry
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.suspension import is_suspended, resume, suspend
 
@@ -57,10 +59,18 @@ def _run_at(delay: float) -> datetime:
 
 
 def enqueue_delivery(
-    *, job_id: str, rq_job_id: str, priority: str, provider: str | None = None, delay: float = 0.0, connection=None
+    *,
+    job_id: str,
+    rq_job_id: str,
+    priority: str,
+    provider: str | None = None,
+    delay: float = 0.0,
+    rate_limit: RateLimit | None = None,
+    connection=None,
 ) -> None:
     """Put one delivery of a job on its queue; the RQ job carries ids (and the provider, so the worker
-    can take a rate-limit token before it touches the database)."""
+    can take a rate-limit token before it touches the database). With its owner's rate limit
+    (jobs.fairness) it waits outside the queue while the owner has as many deliveries queued or running."""
     queue = get_queue(queue_name(priority), connection)
     kwargs = {
         "job_id": rq_job_id,
@@ -73,17 +83,52 @@ def enqueue_delivery(
     with queue.connection.pipeline() as pipe:
         if delay > 0:
             queue.enqueue_at(
-                _run_at(delay), "jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs
+                _run_at(delay),
+                "jobs.rq_jobs.run_job",
+                job_id,
+                rq_job_id,
+                provider,
+                pipeline=pipe,
+                rate_limit=rate_limit,
+                **kwargs,
             )
+        elif rate_limit is not None:
+            # RQ's enqueue refuses a pipeline for a rate-limited job; its scheduler and dependency code enqueue
+            # one on a pipeline with this call (the job saved as rate_limited, then the promotion script), and so
+            # do we, to keep the enqueue one round trip.
+            job = queue.create_job(
+                "jobs.rq_jobs.run_job",
+                args=(job_id, rq_job_id, provider),
+                job_id=rq_job_id,
+                timeout=kwargs["job_timeout"],
+                result_ttl=kwargs["result_ttl"],
+                failure_ttl=kwargs["failure_ttl"],
+                description=kwargs["description"],
+                rate_limit=rate_limit,
+            )
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            queue._enqueue_rate_limited_job(job, pipeline=pipe)
+            # redis-py asks Redis whether the promotion script is loaded (SCRIPT EXISTS, one more round trip)
+            # before every pipeline that runs one; it is, after the first. When it is not (a restarted Redis), the
+            # rest of the transaction is applied and the promotion runs again on its own, loading the script.
+            pipe.scripts.clear()
+            try:
+                pipe.execute()
+            except NoScriptError:
+                RateLimitRegistry.from_job(job).acquire_and_enqueue(rate_limit.concurrency)
+            return
         else:
             queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs)
         pipe.execute()
 
 
-def deliveries_enqueue(deliveries: Iterable[tuple[str, str, str, str]], *, connection=None) -> int:
+def deliveries_enqueue(
+    deliveries: Iterable[tuple[str, str, str, str]], *, rate_limit: RateLimit | None = None, connection=None
+) -> int:
     """Put many first deliveries on their queues, (job id, RQ job id, priority, provider) each, all in one
     pipeline: a batch's thousand jobs cost one round trip, not a thousand. Each is the RQ job enqueue_delivery
-    would make (RQ's enqueue_many builds them alike). Returns how many were enqueued."""
+    would make (RQ's enqueue_many builds them alike); with their owner's rate limit (jobs.fairness) they wait
+    outside the queues and move up as the owner's deliveries end. Returns how many were enqueued."""
     by_queue: dict[str, list] = {}
     for job_id, rq_job_id, priority, provider in deliveries:
         by_queue.setdefault(queue_name(priority), []).append(
@@ -100,11 +145,42 @@ def deliveries_enqueue(deliveries: Iterable[tuple[str, str, str, str]], *, conne
     if not by_queue:
         return 0
     conn = connection or get_redis()
+    if rate_limit is not None:
+        return _rate_limited_enqueue_many(conn, by_queue, rate_limit)
     with conn.pipeline() as pipe:
         for name, datas in by_queue.items():
             get_queue(name, conn).enqueue_many(datas, pipeline=pipe)
         pipe.execute()
     return sum(map(len, by_queue.values()))
+
+
+def _rate_limited_enqueue_many(conn, by_queue: dict[str, list], rate_limit: RateLimit) -> int:
+    """Each job saved as rate_limited in its owner's waiting set, the free slots filled after each, all in one
+    pipeline (what enqueue_delivery does for one; RQ's enqueue_many takes no rate limit)."""
+    jobs = []
+    with conn.pipeline() as pipe:
+        for name, datas in by_queue.items():
+            queue = get_queue(name, conn)
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            for data in datas:
+                job = queue.create_job(
+                    data.func,
+                    args=data.args,
+                    job_id=data.job_id,
+                    timeout=data.timeout,
+                    result_ttl=data.result_ttl,
+                    failure_ttl=data.failure_ttl,
+                    description=data.description,
+                    rate_limit=rate_limit,
+                )
+                queue._enqueue_rate_limited_job(job, pipeline=pipe)  # saved waiting, then a promotion each
+                jobs.append(job)
+        pipe.scripts.clear()  # as in enqueue_delivery: no SCRIPT EXISTS round trip
+        try:
+            pipe.execute()
+        except NoScriptError:
+            RateLimitRegistry.from_job(jobs[0]).acquire_and_enqueue(rate_limit.concurrency)
+    return len(jobs)
 
 
 def deliveries_remove(rq_job_ids: list[str], *, connection=None) -> None:

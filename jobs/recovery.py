@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from aipb.redis_client import get_redis
 from dlq.records import dead_letter
-from jobs import accounting, transitions
+from jobs import accounting, fairness, transitions
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobStatus
 from jobs.redis_state import DeliveryView, workers_forget_gone
 from usage.recording import usage_spool_replay
@@ -55,7 +55,7 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
         usage_spool_replay()
     waiting = AIJob.objects.filter(
         status__in=WAITING_STATUSES, updated_at__lt=now - timedelta(seconds=grace_seconds)
-    ).only("id", "rq_job_id", "deliveries", "priority", "status", "next_attempt_at")
+    ).only("id", "owner_id", "rq_job_id", "deliveries", "priority", "status", "next_attempt_at")
     view = DeliveryView(get_redis(), now=now, grace_seconds=grace_seconds)
     batch: list[AIJob] = []
     for job in waiting.iterator(chunk_size=RECONCILE_BATCH):
@@ -65,6 +65,8 @@ def jobs_reconcile(*, dry_run: bool = False, grace_seconds: float = RECONCILE_GR
             batch = []
     if batch:
         _requeue_lost(batch, report, now, dry_run, view)
+    if not dry_run and (released := fairness.slots_release_lost(get_redis(), view)):
+        log.warning("released %d fair-share slots of deliveries that will never end: %s", len(released), released)
 
     if not dry_run:
         # A batch whose last job ended just before its process died, or was deleted while waiting, finished

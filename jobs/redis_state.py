@@ -13,6 +13,7 @@ from django.conf import settings
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.queue import Queue
+from rq.rate_limit import RateLimitRegistry
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.utils import utcparse
 from rq.worker import Worker
@@ -185,7 +186,7 @@ class DeliveryView:
         return found
 
     def _judge(self, rq_job_ids: list[str], *, recheck: bool) -> tuple[set[str], list[str]]:
-        found, scheduled, suspects = set(), [], []
+        found, scheduled, suspects, held = set(), [], [], []
         started: dict[str, set[str]] = {}
         for rq_job in Job.fetch_many(rq_job_ids, connection=self.conn):
             status = rq_job.get_status(refresh=False) if rq_job is not None else None
@@ -210,11 +211,20 @@ class DeliveryView:
                     found.add(rq_job.id)
             elif status == RQStatus.DEFERRED:
                 found.add(rq_job.id)
+            elif status == RQStatus.RATE_LIMITED:
+                held.append(rq_job)
         if scheduled:
             pipe = self.conn.pipeline(transaction=False)
             for rq_job in scheduled:
                 pipe.zscore(ScheduledJobRegistry.key_template.format(rq_job.origin), rq_job.id)
             for rq_job, run_at in zip(scheduled, pipe.execute(), strict=True):
                 if run_at is not None and float(run_at) > self.now - self.grace:  # not overdue: a scheduler moves it
+                    found.add(rq_job.id)
+        if held:  # over its owner's fair share (jobs.fairness): alive while RQ's rate limit still holds it
+            pipe = self.conn.pipeline(transaction=False)
+            for rq_job in held:
+                pipe.zscore(RateLimitRegistry.from_job(rq_job).rate_limited_key, rq_job.id)
+            for rq_job, score in zip(held, pipe.execute(), strict=True):
+                if score is not None:
                     found.add(rq_job.id)
         return found, suspects

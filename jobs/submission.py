@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from aipb.exceptions import Conflict, IntakeClosed, InvalidInput
 from aipb.redis_client import best_effort
-from jobs import catalogue, queues
+from jobs import catalogue, fairness, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
@@ -174,6 +174,8 @@ def job_submit(
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _idempotent_replay(existing, job.request_fingerprint), False
+
+    fairness.queued_check(owner=owner)
     try:
         if idempotency_key is not None and connection.in_atomic_block:
             with transaction.atomic():  # a savepoint: a collision must not doom the caller's transaction

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from aipb.redis_client import RedisSkipped, best_effort
-from jobs import queues
+from jobs import fairness, queues
 from jobs.errors import Classified, ErrorType
 from jobs.models import (
     UNFINISHED_STATUSES,
@@ -63,6 +63,7 @@ def enqueue_on_commit(job: AIJob, *, delay: float = 0.0, fail_fast: bool = False
         priority=job.priority,
         provider=provider,
         delay=delay,
+        rate_limit=fairness.rate_limit_for(None if "owner_id" in job.get_deferred_fields() else job.owner_id),
     )
     transaction.on_commit(partial(_enqueue_safely, delivery, job_id=str(job.id), fail_fast=fail_fast))
 
@@ -82,21 +83,25 @@ def _enqueue_safely(delivery: Callable[..., None], *, job_id: str, fail_fast: bo
 
 
 def enqueue_many_on_commit(jobs: list[AIJob], *, fail_fast: bool = False) -> None:
-    """Enqueue the jobs' first deliveries once the transaction commits, all in one pipeline (a batch)."""
+    """Enqueue the jobs' first deliveries once the transaction commits, all in one pipeline (a batch, one owner:
+    its deliveries go through the owner's fair-share cap like a single job's)."""
     deliveries = [(str(job.id), job.rq_job_id, job.priority, job.provider) for job in jobs]
-    transaction.on_commit(partial(_enqueue_many_safely, deliveries, fail_fast=fail_fast))
+    owners = {job.owner_id for job in jobs}
+    rate_limit = fairness.rate_limit_for(owners.pop()) if len(owners) == 1 else None
+    enqueue = partial(queues.deliveries_enqueue, deliveries, rate_limit=rate_limit)
+    transaction.on_commit(partial(_enqueue_many_safely, enqueue, count=len(deliveries), fail_fast=fail_fast))
 
 
-def _enqueue_many_safely(deliveries: list[tuple[str, str, str, str]], *, fail_fast: bool) -> None:
+def _enqueue_many_safely(enqueue: Callable[..., int], *, count: int, fail_fast: bool) -> None:
     try:
         if fail_fast:
-            best_effort(lambda connection: queues.deliveries_enqueue(deliveries, connection=connection))
+            best_effort(lambda connection: enqueue(connection=connection))
         else:
-            queues.deliveries_enqueue(deliveries)
+            enqueue()
     except RedisSkipped:
-        log.warning("Redis is down: %d jobs are committed and will be enqueued by reconcile", len(deliveries))
+        log.warning("Redis is down: %d jobs are committed and will be enqueued by reconcile", count)
     except Exception:
-        log.exception("enqueue of %d jobs failed; reconcile will re-enqueue them", len(deliveries))
+        log.exception("enqueue of %d jobs failed; reconcile will re-enqueue them", count)
 
 
 def delete_delivery_on_commit(rq_job_id: str) -> None:

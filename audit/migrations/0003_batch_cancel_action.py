@@ -4,15 +4,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0002_schedule_actions'),
+        ("audit", "0002_schedule_actions"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditentry',
-            name='action',
-            field=models.CharField(choices=[('job.cancel', 'Job Cancel'), ('job.retry', 'Job Retry'), ('job.delete', 'Job Delete'), ('batch.cancel', 'Batch Cancel'), ('jobs.retry_bulk', 'Jobs Retry Bulk'), ('dlq.retry', 'Dlq Retry'), ('dlq.retry_bulk', 'Dlq Retry Bulk'), ('dlq.discard', 'Dlq Discard'), ('queue.pause', 'Queue Pause'), ('queue.resume', 'Queue Resume'), ('queue.intake_close', 'Queue Intake Close'), ('queue.intake_open', 'Queue Intake Open'), ('queue.clear', 'Queue Clear'), ('price.set', 'Price Set'), ('prices.load', 'Prices Load'), ('prices.sync', 'Prices Sync'), ('schedule.delete', 'Schedule Delete'), ('schedule.pause', 'Schedule Pause'), ('schedule.resume', 'Schedule Resume'), ('schedule.run_now', 'Schedule Run Now')], max_length=32),
+            model_name="auditentry",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("job.cancel", "Job Cancel"),
+                    ("job.retry", "Job Retry"),
+                    ("job.delete", "Job Delete"),
+                    ("batch.cancel", "Batch Cancel"),
+                    ("jobs.retry_bulk", "Jobs Retry Bulk"),
+                    ("dlq.retry", "Dlq Retry"),
+                    ("dlq.retry_bulk", "Dlq Retry Bulk"),
+                    ("dlq.discard", "Dlq Discard"),
+                    ("queue.pause", "Queue Pause"),
+                    ("queue.resume", "Queue Resume"),
+                    ("queue.intake_close", "Queue Intake Close"),
+                    ("queue.intake_open", "Queue Intake Open"),
+                    ("queue.clear", "Queue Clear"),
+                    ("price.set", "Price Set"),
+                    ("prices.load", "Prices Load"),
+                    ("prices.sync", "Prices Sync"),
+                    ("schedule.delete", "Schedule Delete"),
+                    ("schedule.pause", "Schedule Pause"),
+                    ("schedule.resume", "Schedule Resume"),
+                    ("schedule.run_now", "Schedule Run Now"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

@@ -6,11 +6,12 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
 from audit.models import AuditEntry
-from jobs import pipeline, transitions
+from jobs import fairness, pipeline, transitions
 from jobs.models import AIJob, Batch, JobStatus
 from jobs.queues import all_queues, delivery_delete
 from tests.api.test_jobs_api import assert_error
@@ -36,7 +37,8 @@ def nothing_written() -> bool:
     return not Batch.objects.exists() and not AIJob.objects.exists()
 
 
-def test_create_answers_201_with_the_batch_and_enqueues_every_job(api, redis_conn):
+def test_create_answers_201_with_the_batch_and_enqueues_every_job(api, user, redis_conn):
+    user.user_permissions.add(Permission.objects.get(codename="submit_high_priority"))  # for job "b"
     body = {"jobs": [{"prompt": "a"}, {"prompt": "b", "priority": "high"}, {"prompt": "c", **SIM}]}
     response = api.post(BATCHES, {**body, "metadata": {"site": "club"}}, format="json")
     assert response.status_code == 201, response.content
@@ -230,3 +232,38 @@ def test_anonymous_is_refused(anon_api, user, redis_conn):
     assert anon_api.post(BATCHES, batch_body(1), format="json").status_code in (401, 403)
     assert anon_api.get(BATCHES).status_code in (401, 403)
     assert nothing_written()
+
+
+# --------------------------------------------------------------------------- the per-user limits (jobs.fairness)
+
+
+def test_a_high_priority_item_without_the_permission_refuses_the_batch(api, redis_conn):
+    body = {"jobs": [{"prompt": "a"}, {"prompt": "b", "priority": "high"}]}
+    error = assert_error(api.post(BATCHES, body, format="json"), 403, "permission_denied")
+    assert error["details"]["permission"] == "jobs.submit_high_priority"
+    assert nothing_written() and waiting_deliveries() == 0
+
+
+def test_a_batch_that_would_pass_the_queued_cap_is_429_and_writes_nothing(api, redis_conn, settings):
+    settings.AI_USER_MAX_QUEUED = 5
+    assert api.post(BATCHES, batch_body(3), format="json").status_code == 201
+    error = assert_error(api.post(BATCHES, batch_body(3), format="json"), 429, "too_many_queued")
+    assert error["details"] == {"limit": 5, "waiting": 3, "adding": 3}
+    assert Batch.objects.count() == 1 and AIJob.objects.count() == 3
+    assert api.post(BATCHES, batch_body(2), format="json").status_code == 201  # exactly to the cap
+
+
+def test_a_batchs_deliveries_wait_behind_the_owners_in_flight_cap(api, user, other_user, redis_conn, settings):
+    fairness.overrides_forget()
+    settings.AI_USER_MAX_IN_FLIGHT = 2
+    try:
+        assert api.post(BATCHES, batch_body(5, **SIM), format="json").status_code == 201
+        other = APIClient()
+        other.force_authenticate(other_user)
+        assert other.post("/api/ai/jobs", {"prompt": "one page", **SIM}, format="json").status_code == 201
+        # two of the batch on the queue, three held outside it; the other user's job went straight on
+        assert fairness.slots_held(redis_conn, user.pk) == {"admitted": 2, "held": 3}
+        assert fairness.slots_held(redis_conn, other_user.pk) == {"admitted": 1, "held": 0}
+        assert waiting_deliveries() == 3
+    finally:
+        fairness.overrides_forget()

@@ -6,6 +6,7 @@ import json
 import uuid
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -65,7 +66,7 @@ def test_token_auth_end_to_end(anon_api, user, redis_conn):
 
 
 def test_idempotency_key(api, redis_conn):
-    body = {"prompt": "Same page", "priority": "high"}
+    body = {"prompt": "Same page", "priority": "low"}
     first = api.post(JOBS, body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
     again = api.post(JOBS, body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
     assert first.status_code == 201 and again.status_code == 200
@@ -172,7 +173,8 @@ def test_owners_see_only_their_jobs_and_staff_see_all(api, staff_api, other_user
     assert {j["id"] for j in staff_api.get(JOBS).json()["results"]} == {mine, theirs}
 
 
-def test_list_filters_and_pagination(api, redis_conn):
+def test_list_filters_and_pagination(api, user, redis_conn):
+    user.user_permissions.add(Permission.objects.get(codename="submit_high_priority"))
     for i in range(5):
         api.post(JOBS, {"prompt": f"p{i}", "priority": "high" if i % 2 else "low"}, format="json")
     page = api.get(JOBS, {"limit": 2, "offset": 1}).json()

@@ -63,6 +63,9 @@ BASE_ENV = {
     "AI_BACKOFF_MAX_SECONDS": "1",
     "AI_RATE_LIMIT_PER_SECOND": "0",
     "AI_SUBMIT_THROTTLE_RATE": "1000000/min",
+    # one drill user submits thousands: no per-user caps unless a drill turns them on (test_fairness_drills.py)
+    "AI_USER_MAX_IN_FLIGHT": "0",
+    "AI_USER_MAX_QUEUED": "0",
     "DJANGO_SECURE_COOKIES": "0",
     "DJANGO_DEBUG": "0",
     "LOG_LEVEL": "INFO",
@@ -255,6 +258,8 @@ class Servers:
             "from rest_framework.authtoken.models import Token\n"
             "User = get_user_model()\n"
             f"user = User.objects.create_user({USERNAME!r})\n"
+            "from django.contrib.auth.models import Permission\n"
+            "user.user_permissions.add(Permission.objects.get(codename='submit_high_priority'))\n"
             "Token.objects.create(user=user, key=os.environ['DRILL_TOKEN'])\n"
             f"staff = User.objects.create_user({STAFF_USERNAME!r}, is_staff=True)\n"
             "Token.objects.create(user=staff, key=os.environ['DRILL_STAFF_TOKEN'])\n"
