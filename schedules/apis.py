@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from aipb.api import ListParams, Pagination, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
+from jobs import fairness
 from jobs.apis import JobListCreateApi
 from schedules import selectors, services
 from schedules.cron import CRON_MAX_CHARS, TIMEZONE_MAX_CHARS
@@ -110,6 +111,8 @@ class ScheduleListCreateApi(APIView):
     )
     def post(self, request):
         fields = parse_body(self.InputSerializer, request.data)
+        # a schedule submits as its owner: high priority needs the same permission as a job (jobs.fairness)
+        fairness.priority_check(owner=request.user, priority=fields.get("priority", ""))
         schedule = services.schedule_create(owner=request.user, timezone_name=fields.pop("timezone"), **fields)
         return Response(ScheduleDetailSerializer(schedule).data, status=status.HTTP_201_CREATED)
 

@@ -172,3 +172,10 @@ def test_staff_deleting_another_users_schedule_is_audited(staff_api, make_schedu
         str(theirs.id),
     )
     assert entry.details["owner"] == "bob" and entry.details["name"] == "bob's page"
+
+
+def test_high_priority_needs_the_permission_a_job_needs(api, staff_api):
+    response = api.post(LIST, {**GOOD, "priority": "high"}, format="json")
+    assert response.status_code == 403 and response.json()["error"]["type"] == "permission_denied"
+    assert not Schedule.objects.exists()
+    assert staff_api.post(LIST, {**GOOD, "priority": "high"}, format="json").status_code == 201
