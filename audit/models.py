@@ -33,6 +33,7 @@ class AuditAction(models.TextChoices):
     PRICE_SET = "price.set"
     PRICES_LOAD = "prices.load"
     PRICES_SYNC = "prices.sync"
+    WEBHOOK_RESEND = "webhook.resend"
 
 
 class AuditEntry(models.Model):

@@ -59,6 +59,9 @@ class AIJob(models.Model):
     # "<id>_<n>" for later ones (a running RQ job cannot re-enqueue itself under its own id).
     rq_job_id = models.CharField(max_length=64, blank=True, default="")
     deliveries = models.PositiveIntegerField(default=0)
+    # {"url", "events"} checked at submit (webhooks.records.webhook_spec_clean); null: no webhook. On the row the
+    # claim returns, so a job without one costs its end nothing.
+    webhook = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)

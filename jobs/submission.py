@@ -22,6 +22,7 @@ from jobs import catalogue, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
+from webhooks.records import webhook_secret_ensure, webhook_spec_clean
 
 MAX_OPTIONS_DEPTH = 5
 
@@ -88,6 +89,7 @@ def job_submit(
     options: dict | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    webhook: dict | None = None,
 ) -> tuple[AIJob, bool]:
     """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
     _check_intake()
@@ -111,9 +113,16 @@ def job_submit(
     if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
         raise InvalidInput(f"max_attempts must be from 1 to {MAX_ATTEMPTS_LIMIT}")
     options = _clean_options(options, provider)
+    webhook = webhook_spec_clean(webhook)
 
     fingerprint = _fingerprint(
-        prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+        prompt=prompt,
+        provider=provider,
+        model=model,
+        priority=priority,
+        options=options,
+        max_attempts=max_attempts,
+        **({"webhook": webhook} if webhook else {}),  # without one, the fingerprints stored before webhooks hold
     )
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
@@ -130,7 +139,10 @@ def job_submit(
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
+        webhook=webhook,
     )
+    if webhook:
+        webhook_secret_ensure(owner=owner)  # its events are signed with it; the owner can fetch it by rotating
     job.deliveries, job.rq_job_id = next_delivery(job)
     try:
         if idempotency_key is not None and connection.in_atomic_block:
