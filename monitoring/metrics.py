@@ -150,6 +150,10 @@ WEBHOOK_LATENCY = Histogram(
 )
 
 
+for _outcome in WEBHOOK_OUTCOMES:  # every outcome on /metrics from the start, at 0: rate() sees the first one
+    WEBHOOK_DELIVERIES.labels(_outcome)
+
+
 def webhook_delivery_tried(*, outcome: str, seconds: float | None) -> None:
     WEBHOOK_DELIVERIES.labels(outcome if outcome in WEBHOOK_OUTCOMES else "failed").inc()
     if seconds is not None:
