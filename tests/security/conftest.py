@@ -16,6 +16,8 @@ from jobs.models import AIJob
 from jobs.providers.base import Usage
 from tests.factories import submit_job
 from usage.recording import usage_record
+from webhooks.models import DeliveryStatus, WebhookDelivery
+from webhooks.records import webhook_event_add
 
 
 def token_client(user) -> APIClient:
@@ -36,6 +38,7 @@ class Owned:
     dead: AIJob
     dead_letter: DeadLetter
     jobs: list[AIJob] = field(default_factory=list)
+    delivery: WebhookDelivery | None = None  # a failed webhook delivery (re-sendable)
 
 
 @dataclass
@@ -57,11 +60,15 @@ def make_owned(owner, tag: str) -> Owned:
     assert outcome.startswith("dead"), outcome
     dead.refresh_from_db()
     usage_record(job=queued, attempt=1, usage=Usage(prompt_tokens=100, completion_tokens=50), at=datetime.now(UTC))
+    spec = {"url": "https://hooks.example.com/" + tag, "events": ["job.dead"]}
+    delivery = webhook_event_add(owner=owner, spec=spec, event_type="job.dead", data={}, subject_id=str(dead.id))
+    WebhookDelivery.objects.filter(id=delivery.id).update(status=DeliveryStatus.FAILED)
     return Owned(
         queued=queued,
         dead=dead,
         dead_letter=DeadLetter.objects.get(job_uuid=dead.id),
         jobs=[queued, dead],
+        delivery=delivery,
     )
 
 

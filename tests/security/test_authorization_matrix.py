@@ -22,6 +22,7 @@ from jobs.queues import enqueue_delivery
 from tests.factories import UserFactory
 from tests.security.conftest import World, token_client
 from usage.models import TokenUsage
+from webhooks.models import WebhookDelivery, WebhookSecret
 
 ROLES = ("anon", "a", "b", "staff")
 OPEN = {"anon": 200, "a": 200, "b": 200, "staff": 200}
@@ -69,6 +70,9 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "api/ai/usage/last-n-days"): _users_only(200),
     ("GET", "api/ai/usage/prices"): _staff_only(200),
     ("GET", "api/ai/stats/timeseries"): _staff_only(200),
+    ("POST", "api/ai/webhooks/secret"): _users_only(201),  # each user's own secret
+    ("GET", "api/ai/webhooks/deliveries"): _users_only(200),  # each user's own; staff everyone's
+    ("POST", "api/ai/webhooks/deliveries/<int:delivery_id>/resend"): _owner_only(202),
 }
 API_CATCH_ALL = "^api/"  # JSON 404 for every other /api/ path
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -115,6 +119,7 @@ def client_for(role: str, world: World, users: dict) -> APIClient:
 def url_of(route: str, world: World) -> str:
     a = world.a
     job = a.dead if route.endswith("/retry") else a.queued
+    route = route.replace("<int:delivery_id>", str(a.delivery.id))
     return "/" + route.replace("<uuid:job_id>", str(job.id)).replace("<int:entry_id>", str(a.dead_letter.id))
 
 
@@ -136,6 +141,8 @@ def state() -> dict:
         "usage": TokenUsage.objects.count(),
         "paused": queue_control.queue_status()["paused"],
         "intake": queue_control.queue_status()["intake"]["open"],
+        "webhook_deliveries": sorted(WebhookDelivery.objects.values_list("id", "status", "attempts_base")),
+        "webhook_secrets": sorted(WebhookSecret.objects.values_list("owner_id", "secret")),
     }
 
 
