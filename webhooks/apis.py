@@ -52,8 +52,8 @@ class WebhookSecretApi(APIView):
             "Returns the secret that signs your webhook deliveries (Standard Webhooks: HMAC-SHA256 over "
             "`<webhook-id>.<webhook-timestamp>.<body>`). The first call creates it (a job submitted with a webhook "
             "before that has one created for you); each later call replaces it, and the previous secret keeps "
-            "signing too (a second signature in `webhook-signature`) for AI_WEBHOOK_SECRET_GRACE_SECONDS "
-            "(default 24 h), so receivers can switch over. No body."
+            "signing too (a second signature in `webhook-signature`) for a grace period "
+            "(24 h unless the server sets another), so receivers can switch over. No body, or an empty object."
         ),
         request=SecretInput,
         examples=[

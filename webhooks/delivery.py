@@ -28,7 +28,7 @@ import httpx2
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -75,7 +75,9 @@ def webhook_deliver(delivery_id: int, attempt: int) -> str:
     delivery = _claim(delivery_id, attempt)
     if delivery is None:
         return "skipped: nothing to claim"
-    sent = _send(delivery)
+    secrets = _secrets(delivery)
+    _release_connection()
+    sent = _send(delivery, secrets)
     outcome = _record(delivery, attempt, sent)
     if outcome is None:
         return "skipped: changed while it was sent"
@@ -104,15 +106,26 @@ def _claim(delivery_id: int, attempt: int) -> WebhookDelivery | None:
     return rows[0] if rows else None
 
 
-def _signature(delivery: WebhookDelivery, at: datetime, body: str) -> str:
-    secrets = signing_secrets(owner_id=delivery.owner_id)
-    if not secrets:  # a batch's or an event added for an owner who never submitted a webhook before
-        secrets = [webhook_secret_ensure(owner=delivery.owner).secret]
+def _secrets(delivery: WebhookDelivery) -> list[str]:
+    found = signing_secrets(owner_id=delivery.owner_id)
+    if not found:  # an event added for an owner who never submitted a webhook (a caller that did not ensure one)
+        found = [webhook_secret_ensure(owner=delivery.owner).secret]
+    return found
+
+
+def _release_connection() -> None:
+    """As the pipeline does around a provider call: with a connection pool (threaded workers) no connection is
+    held while a receiver takes its time; the record takes one again."""
+    if connections["default"].settings_dict["OPTIONS"].get("pool"):
+        connections["default"].close()
+
+
+def _signature(delivery: WebhookDelivery, secrets: list[str], at: datetime, body: str) -> str:
     # Standard Webhooks: several space-delimited signatures; a receiver accepts any it can verify (rotation).
     return " ".join(Webhook(secret).sign(delivery.webhook_id, at, body) for secret in secrets)
 
 
-def _send(delivery: WebhookDelivery) -> Sent:
+def _send(delivery: WebhookDelivery, secrets: list[str]) -> Sent:
     body = json.dumps(delivery.payload, cls=DjangoJSONEncoder, separators=(",", ":"))
     at = datetime.now(UTC)
     started = time.monotonic()
@@ -132,7 +145,7 @@ def _send(delivery: WebhookDelivery) -> Sent:
         "user-agent": USER_AGENT,
         "webhook-id": delivery.webhook_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": _signature(delivery, at, body),
+        "webhook-signature": _signature(delivery, secrets, at, body),
     }
     extensions = {"sni_hostname": host} if url.scheme == "https" else {}  # TLS checks the name, not the address
     timeout = settings.AI_WEBHOOK_TIMEOUT_SECONDS

@@ -37,6 +37,9 @@ DOCUMENTED = {
     "/api/ai/jobs/{job_id}/cancel": ["post"],
     "/api/version": ["get"],
     "/api/auth/token": ["post"],
+    "/api/ai/webhooks/secret": ["post"],
+    "/api/ai/webhooks/deliveries": ["get"],
+    "/api/ai/webhooks/deliveries/{delivery_id}/resend": ["post"],
 }
 
 
