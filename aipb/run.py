@@ -31,7 +31,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from aipb import embedded
 from aipb.env import env_float, env_int, env_str
-from aipb.queue_names import AI_QUEUES
+from aipb.queue_names import AI_QUEUES, WEBHOOK_QUEUE
 from aipb.run_lock import PID_FILE, AlreadyRunning, lock_holder, port_problem, running_message, take_lock
 
 THREADED_WORKER = "jobs.threaded_worker.AIPBThreadedWorker"
@@ -106,7 +106,9 @@ def _children(config: Config) -> list[Child]:
         ),
         Child(
             "workers",
-            [python, "manage.py", "rqworker-pool", *AI_QUEUES.values()]
+            # webhook deliveries first: each is short (a capped timeout, retries spaced out), and at saturation
+            # the AI queues are never empty, so a queue drained after them would never be sent
+            [python, "manage.py", "rqworker-pool", WEBHOOK_QUEUE, *AI_QUEUES.values()]
             + ["--num-workers", str(config.worker_processes)],
             metrics="workers",
             env=config.worker_env,

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "monitoring",
     "audit",
     "schedules",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -212,6 +213,7 @@ def _worker_class(path: str) -> str:
 
 
 RQ_QUEUES = {name: dict(_rq_connection, DEFAULT_TIMEOUT=900) for name in AI_QUEUES.values()}
+RQ_QUEUES[queue_names.WEBHOOK_QUEUE] = dict(_rq_connection, DEFAULT_TIMEOUT=900)
 RQ = {
     # No fork per job: 4-5x less CPU per job than the forking AIPBWorker (bench/RESULTS.md, section 1);
     # provider calls carry their own timeout and a dead worker's job comes back through its lease.
@@ -394,3 +396,16 @@ LOGGING = {
         "rq.worker": {"filters": ["rq_delivery_chatter"]},
     },
 }
+
+# Webhooks (webhooks/): signed deliveries of job events, sent by the workers on their own queue.
+# Hosts (exact names or IP literals) a webhook may point at although they are not public; plain http is accepted
+# for them too. Empty in production; 127.0.0.1 for tests and local development.
+AI_WEBHOOK_ALLOWED_HOSTS = frozenset(host.lower().strip("[]") for host in env_list("AI_WEBHOOK_ALLOWED_HOSTS"))
+AI_WEBHOOK_TIMEOUT_SECONDS = env_float("AI_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Seconds before each retry of a failed delivery: the first within 10 s, the next within a minute, then hours.
+# Attempts = 1 + the number of delays; a delivery that fails them all is `failed` (visible, re-sendable).
+AI_WEBHOOK_RETRY_SCHEDULE = tuple(
+    float(item) for item in env_list("AI_WEBHOOK_RETRY_SCHEDULE", "5,45,300,1800,7200,18000,36000")
+)
+# After a secret is rotated, deliveries are signed with the old one too for this long.
+AI_WEBHOOK_SECRET_GRACE_SECONDS = env_int("AI_WEBHOOK_SECRET_GRACE_SECONDS", 86_400, minimum=0)

@@ -27,6 +27,7 @@ urlpatterns = [
     path("api/ai/", include("dlq.urls")),
     path("api/ai/", include("usage.urls")),
     path("api/ai/", include("schedules.urls")),
+    path("api/ai/", include("webhooks.urls")),
     path("", include("monitoring.urls")),
     re_path(r"^api/", views.api_not_found),
 ]

@@ -38,6 +38,7 @@ class AuditAction(models.TextChoices):
     SCHEDULE_PAUSE = "schedule.pause"
     SCHEDULE_RESUME = "schedule.resume"
     SCHEDULE_RUN_NOW = "schedule.run_now"
+    WEBHOOK_RESEND = "webhook.resend"
 
 
 class AuditEntry(models.Model):

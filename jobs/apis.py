@@ -93,6 +93,8 @@ class JobListCreateApi(APIView):
         priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
         options = serializers.DictField(required=False, default=dict)
         max_attempts = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPTS_LIMIT, required=False)
+        # {"url", "events"}: checked by the service (webhooks.records.webhook_spec_clean), one place for the rules
+        webhook = serializers.JSONField(required=False)
 
     def get_throttles(self):
         return [SubmitThrottle()] if self.request.method == "POST" else []

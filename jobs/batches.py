@@ -29,6 +29,7 @@ from audit.records import Actor, audit_record, reason_checked
 from jobs import accounting, fairness, transitions
 from jobs.models import AIJob, Batch, BatchStatus
 from jobs.submission import intake_check, job_build, json_object_checked
+from webhooks.records import webhook_secret_ensure
 
 
 def batch_submit(
@@ -72,6 +73,8 @@ def batch_submit(
         job.batch = batch
     try:
         with transaction.atomic():
+            if any(job.webhook for job in built):
+                webhook_secret_ensure(owner=owner)  # its jobs' events are signed with it
             batch.save(force_insert=True)
             _jobs_insert(built)
             transitions.enqueue_many_on_commit(built, fail_fast=True)

@@ -104,6 +104,9 @@ class AIJob(models.Model):
     batch = models.ForeignKey(
         Batch, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs", db_index=False
     )
+    # {"url", "events"} checked at submit (webhooks.records.webhook_spec_clean); null: no webhook. On the row the
+    # claim returns, so a job without one costs its end nothing.
+    webhook = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)

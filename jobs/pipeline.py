@@ -27,6 +27,7 @@ from jobs.providers.base import CallContext, ProviderError
 from jobs.schema import PageInvalid, parse_page
 from jobs.transitions import AttemptRecord
 from usage.recording import usage_record_durable
+from webhooks.records import webhook_job_ended
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Cl
     if status == JobStatus.DEAD:
         job.refresh_from_db()
         entry = dead_letter(job=job, classified=classified)
+    if status is not None:
+        webhook_job_ended(job=job, status=status)  # the outbox: the event commits (or rolls back) with the change
     counted = outcome == AttemptOutcome.ABANDONED and not created  # lease recovery recorded and counted it
     return _Recorded(
         outcome=None if counted else outcome,

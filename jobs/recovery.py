@@ -26,6 +26,7 @@ from jobs import accounting, fairness, transitions
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobStatus
 from jobs.redis_state import DeliveryView, workers_forget_gone
 from usage.recording import usage_spool_replay
+from webhooks.records import webhook_job_ended
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def _recover_expired(job_id, now: datetime) -> str | None:
     if expiry.status == JobStatus.DEAD:
         job.refresh_from_db()
         entry = dead_letter(job=job, classified=expiry.error)
+    webhook_job_ended(job=job, status=expiry.status)  # job.dead, in the transaction that recorded the death
     transaction.on_commit(
         partial(
             accounting.attempt_ended,

@@ -22,6 +22,7 @@ from jobs import catalogue, fairness, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
+from webhooks.records import webhook_secret_ensure, webhook_spec_clean
 
 MAX_OPTIONS_DEPTH = 5
 
@@ -136,13 +137,19 @@ def job_build(
     options: dict | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    webhook: dict | None = None,
 ) -> AIJob:
     """A submission validated, as its unsaved row (fingerprinted, its first delivery named): what job_submit
     inserts, and what a batch (jobs.batches) inserts a thousand of at once."""
     fields = job_fields_clean(
         prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
     )
-    job = AIJob(owner=owner, **fields, idempotency_key=idempotency_key, request_fingerprint=_fingerprint(**fields))
+    webhook = webhook_spec_clean(webhook)
+    # without a webhook, the fingerprints stored before webhooks hold
+    fingerprint = _fingerprint(**fields, **({"webhook": webhook} if webhook else {}))
+    job = AIJob(
+        owner=owner, **fields, idempotency_key=idempotency_key, request_fingerprint=fingerprint, webhook=webhook
+    )
     job.deliveries, job.rq_job_id = next_delivery(job)
     return job
 
@@ -157,6 +164,7 @@ def job_submit(
     options: dict | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    webhook: dict | None = None,
 ) -> tuple[AIJob, bool]:
     """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
     intake_check()
@@ -169,6 +177,7 @@ def job_submit(
         options=options,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
+        webhook=webhook,
     )
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
@@ -176,6 +185,8 @@ def job_submit(
             return _idempotent_replay(existing, job.request_fingerprint), False
 
     fairness.queued_check(owner=owner)
+    if job.webhook:
+        webhook_secret_ensure(owner=owner)  # its events are signed with it; the owner can fetch it by rotating
     try:
         if idempotency_key is not None and connection.in_atomic_block:
             with transaction.atomic():  # a savepoint: a collision must not doom the caller's transaction

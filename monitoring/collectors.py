@@ -9,6 +9,8 @@ Their cost does not grow with the jobs or usage tables:
 - ``ai_jobs_validation_pass_rate``: one MGET of monitoring.validation_window's per-bucket counters;
 - ``ai_dlq_entries{status}``: a GROUP BY over the dead-letter table, which retention keeps
   at AI_DLQ_MAX_ENTRIES rows at most;
+- ``ai_webhook_pending``: webhook deliveries not yet delivered or failed, an index-only count over a partial
+  index of the pending rows, capped (webhooks.selectors.PENDING_COUNT_CAP);
 - ``ai_build_info{version,commit}``: version.json, read once per process;
 - ``ai_redis_up`` and ``ai_database_up``: whether this scrape could read Redis and query Postgres.
 
@@ -33,6 +35,7 @@ from dlq.selectors import dlq_counts
 from jobs.queues import QUEUE_STATUSES, queue_sizes, sizes_total
 from jobs.redis_state import WORKER_STATES, worker_slots, worker_states
 from monitoring import validation_window
+from webhooks.selectors import webhook_pending_count
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,14 @@ class ScrapeTimeCollector:
         family = GaugeMetricFamily("ai_dlq_entries", "Dead-letter entries by status", labels=["status"])
         for status, n in sorted(counts.items()):
             family.add_metric([status], n)
+        yield family
+        try:
+            pending = webhook_pending_count()
+        except DatabaseError as exc:  # Postgres went away between the two reads
+            log.warning("metrics: database unreachable, ai_webhook_pending left out: %s", exc)
+            return
+        family = GaugeMetricFamily("ai_webhook_pending", "Webhook deliveries waiting for a first try or a retry")
+        family.add_metric([], pending)
         yield family
 
 

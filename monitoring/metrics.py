@@ -175,3 +175,24 @@ for _status in BATCH_STATUSES:
 
 def batch_finished(*, status: str) -> None:
     BATCHES.labels(status if status in BATCH_STATUSES else "other").inc()
+
+
+# Webhook deliveries (webhooks.delivery, after each try's row is written). outcome: delivered | retrying (a try
+# failed, another is scheduled) | failed (the last try failed) | refused (the URL resolved to a non-public address)
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "refused")
+WEBHOOK_DELIVERIES = Counter("ai_webhook_deliveries", "Webhook delivery tries by outcome", ["outcome"])
+WEBHOOK_LATENCY = Histogram(
+    "ai_webhook_delivery_duration_seconds",
+    "Time from the start of a webhook try to the receiver's answer (or the error)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
+)
+
+
+for _outcome in WEBHOOK_OUTCOMES:  # every outcome on /metrics from the start, at 0: rate() sees the first one
+    WEBHOOK_DELIVERIES.labels(_outcome)
+
+
+def webhook_delivery_tried(*, outcome: str, seconds: float | None) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome if outcome in WEBHOOK_OUTCOMES else "failed").inc()
+    if seconds is not None:
+        WEBHOOK_LATENCY.observe(seconds)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("aipb", "jobs", "dlq", "usage", "monitoring", "audit", "schedules")
+PACKAGES = ("aipb", "jobs", "dlq", "usage", "monitoring", "audit", "schedules", "webhooks")
 LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
 
 

@@ -54,12 +54,16 @@ EXPORTED_METRICS = (
     "ai_build_info",
     "ai_schedule_firings_total",
     "ai_scheduler_last_tick_timestamp_seconds",
+    "ai_webhook_pending",
+    "ai_webhook_deliveries_total",
+    "ai_webhook_delivery_duration_seconds",
     # django-prometheus: the API's latency panel
     "django_http_requests_latency_seconds_by_view_method",
 )
 HISTOGRAM_METRICS = (
     "ai_jobs_processing_duration_seconds",
     "ai_job_queue_wait_seconds",
+    "ai_webhook_delivery_duration_seconds",
     "django_http_requests_latency_seconds_by_view_method",
 )
 # Synthesised by Prometheus itself for every scrape.
@@ -80,6 +84,7 @@ REQUIRED_ALERTS = (
     "DLQGrowing",
     "NoAIWorkers",
     "AISchedulerStopped",
+    "WebhookBacklog",
 )
 SEVERITIES = ("critical", "warning", "info")
 COMPONENTS = ("api", "worker", "llm", "queue")

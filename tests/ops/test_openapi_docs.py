@@ -43,6 +43,9 @@ DOCUMENTED = {
     "/api/ai/schedules/{schedule_id}": ["get"],
     "/api/version": ["get"],
     "/api/auth/token": ["post"],
+    "/api/ai/webhooks/secret": ["post"],
+    "/api/ai/webhooks/deliveries": ["get"],
+    "/api/ai/webhooks/deliveries/{delivery_id}/resend": ["post"],
 }
 
 

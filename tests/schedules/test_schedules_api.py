@@ -179,3 +179,9 @@ def test_high_priority_needs_the_permission_a_job_needs(api, staff_api):
     assert response.status_code == 403 and response.json()["error"]["type"] == "permission_denied"
     assert not Schedule.objects.exists()
     assert staff_api.post(LIST, {**GOOD, "priority": "high"}, format="json").status_code == 201
+
+
+def test_a_webhook_is_not_taken_for_a_schedule(api):
+    response = api.post(LIST, {**GOOD, "webhook": {"url": "https://hooks.example.com/x"}}, format="json")
+    assert response.status_code == 400 and "webhook" in response.json()["error"]["message"]
+    assert not Schedule.objects.exists()

@@ -12,12 +12,15 @@ from rest_framework.test import APIClient
 
 from dlq.models import DeadLetter
 from jobs import pipeline
-from jobs.models import AIJob
+from jobs.batches import batch_submit
+from jobs.models import AIJob, Batch
 from jobs.providers.base import Usage
 from schedules.models import Schedule
 from schedules.services import schedule_create
 from tests.factories import submit_job
 from usage.recording import usage_record
+from webhooks.models import DeliveryStatus, WebhookDelivery
+from webhooks.records import webhook_event_add
 
 
 def token_client(user) -> APIClient:
@@ -39,6 +42,8 @@ class Owned:
     dead_letter: DeadLetter
     jobs: list[AIJob] = field(default_factory=list)
     schedule: Schedule | None = None
+    delivery: WebhookDelivery | None = None  # a failed webhook delivery (re-sendable)
+    batch: Batch | None = None  # a running batch of one waiting job
 
 
 @dataclass
@@ -60,14 +65,22 @@ def make_owned(owner, tag: str) -> Owned:
     assert outcome.startswith("dead"), outcome
     dead.refresh_from_db()
     usage_record(job=queued, attempt=1, usage=Usage(prompt_tokens=100, completion_tokens=50), at=datetime.now(UTC))
+    spec = {"url": "https://hooks.example.com/" + tag, "events": ["job.dead"]}
+    delivery = webhook_event_add(owner=owner, spec=spec, event_type="job.dead", data={}, subject_id=str(dead.id))
+    WebhookDelivery.objects.filter(id=delivery.id).update(status=DeliveryStatus.FAILED)
+    batch, _ = batch_submit(
+        owner=owner, jobs=[{"prompt": f"{tag}: a page of a batch", "provider": "simulated", "model": "sim-small"}]
+    )
     return Owned(
         queued=queued,
         dead=dead,
         dead_letter=DeadLetter.objects.get(job_uuid=dead.id),
-        jobs=[queued, dead],
+        jobs=[queued, dead, *batch.jobs.all()],
         schedule=schedule_create(
             owner=owner, cron="0 9 * * *", prompt=f"{tag}: a daily page", provider="simulated", model="sim-small"
         ),
+        delivery=delivery,
+        batch=batch,
     )
 
 

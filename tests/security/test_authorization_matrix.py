@@ -17,12 +17,13 @@ from rest_framework.test import APIClient
 
 from dlq.models import DeadLetter
 from jobs import queue_control
-from jobs.models import AIJob
+from jobs.models import AIJob, Batch
 from jobs.queues import enqueue_delivery
 from schedules.models import Schedule
 from tests.factories import UserFactory
 from tests.security.conftest import World, token_client
 from usage.models import TokenUsage
+from webhooks.models import WebhookDelivery, WebhookSecret
 
 ROLES = ("anon", "a", "b", "staff")
 OPEN = {"anon": 200, "a": 200, "b": 200, "staff": 200}
@@ -74,6 +75,14 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("POST", "api/ai/schedules"): _users_only(201),
     ("GET", "api/ai/schedules/<uuid:schedule_id>"): _owner_only(200),
     ("DELETE", "api/ai/schedules/<uuid:schedule_id>"): _owner_only(204),
+    ("GET", "api/ai/batches"): _users_only(200),  # each user's own; staff everyone's
+    ("POST", "api/ai/batches"): _users_only(201),
+    ("GET", "api/ai/batches/<uuid:batch_id>"): _owner_only(200),
+    ("GET", "api/ai/batches/<uuid:batch_id>/jobs"): _owner_only(200),
+    ("POST", "api/ai/batches/<uuid:batch_id>/cancel"): _owner_only(200),
+    ("POST", "api/ai/webhooks/secret"): _users_only(201),  # each user's own secret
+    ("GET", "api/ai/webhooks/deliveries"): _users_only(200),  # each user's own; staff everyone's
+    ("POST", "api/ai/webhooks/deliveries/<int:delivery_id>/resend"): _owner_only(202),
 }
 API_CATCH_ALL = "^api/"  # JSON 404 for every other /api/ path
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -120,10 +129,12 @@ def client_for(role: str, world: World, users: dict) -> APIClient:
 def url_of(route: str, world: World) -> str:
     a = world.a
     job = a.dead if route.endswith("/retry") else a.queued
+    route = route.replace("<int:delivery_id>", str(a.delivery.id))
     return "/" + (
         route.replace("<uuid:job_id>", str(job.id))
         .replace("<int:entry_id>", str(a.dead_letter.id))
         .replace("<uuid:schedule_id>", str(a.schedule.id))
+        .replace("<uuid:batch_id>", str(a.batch.id))
     )
 
 
@@ -134,6 +145,8 @@ def body_of(method: str, route: str) -> dict | None:
         return {"prompt": "A page for the matrix", "provider": "simulated", "model": "sim-small"}
     if (method, route) == ("POST", "api/ai/schedules"):
         return {"cron": "0 9 * * *", "prompt": "A page for the matrix", "provider": "simulated", "model": "sim-small"}
+    if (method, route) == ("POST", "api/ai/batches"):
+        return {"jobs": [{"prompt": "A page for the matrix", "provider": "simulated", "model": "sim-small"}]}
     if (method, route) == ("POST", "api/ai/queue/intake"):
         return {"open": False, "reason": "the matrix"}
     return None
@@ -148,6 +161,9 @@ def state() -> dict:
         "paused": queue_control.queue_status()["paused"],
         "intake": queue_control.queue_status()["intake"]["open"],
         "schedules": sorted(Schedule.objects.values_list("id", "paused", "next_fire_at")),
+        "batches": sorted(Batch.objects.values_list("id", "status", "finished_at")),
+        "webhook_deliveries": sorted(WebhookDelivery.objects.values_list("id", "status", "attempts_base")),
+        "webhook_secrets": sorted(WebhookSecret.objects.values_list("owner_id", "secret")),
     }
 
 
