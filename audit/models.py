@@ -33,6 +33,8 @@ class AuditAction(models.TextChoices):
     PRICE_SET = "price.set"
     PRICES_LOAD = "prices.load"
     PRICES_SYNC = "prices.sync"
+    BUDGET_SET = "budget.set"
+    BUDGET_CLEAR = "budget.clear"
 
 
 class AuditEntry(models.Model):

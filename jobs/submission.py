@@ -22,6 +22,7 @@ from jobs import catalogue, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
+from usage.budgets import budget_check
 
 MAX_OPTIONS_DEPTH = 5
 
@@ -119,6 +120,8 @@ def job_submit(
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _idempotent_replay(existing, fingerprint), False
+
+    budget_check(user_id=owner.pk, stage="submit")  # 429 budget_exceeded, nothing written
 
     job = AIJob(
         owner=owner,
