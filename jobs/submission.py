@@ -1,9 +1,10 @@
 """Submission: validate a new job, write its row and its attempt budget in one transaction, enqueue on commit.
 
 That transaction is the INSERT itself: outside a caller's transaction the row is written in autocommit, so a
-submission costs one statement and one round trip (``transaction.atomic`` would add BEGIN and COMMIT, two more
-round trips, around the one write), and ``on_commit`` enqueues as soon as it returns. Inside a caller's
-transaction the row joins it and is enqueued when the caller commits."""
+submission writes with one statement and one round trip (``transaction.atomic`` would add BEGIN and COMMIT, two
+more round trips, around the one write), and ``on_commit`` enqueues as soon as it returns. Before it, one SELECT
+reads the owner's spending limits (usage.budgets); a reached one refuses the submission with nothing written.
+Inside a caller's transaction the row joins it and is enqueued when the caller commits."""
 
 from __future__ import annotations
 

@@ -352,7 +352,9 @@ class BudgetForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        user, group = cleaned.get("user"), cleaned.get("group")
+        # a change shows user and group read-only: they are the instance's
+        user = cleaned.get("user") if "user" in self.fields else self.instance.user_id
+        group = cleaned.get("group") if "group" in self.fields else self.instance.group_id
         if (user is None) == (group is None):
             raise forms.ValidationError("choose exactly one of a user or a group")
         if cleaned.get("monthly_usd") is not None:
