@@ -9,11 +9,13 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from aipb.env import env_decimal
 from aipb.exceptions import InvalidInput, NotFound
 from audit.models import AuditEntry
 from audit.records import Actor
@@ -263,3 +265,25 @@ def test_the_named_gauge_keeps_only_the_most_used(settings):
     named = samples("ai_budget_spent_ratio")
     assert len(named) == budgets.WATCH_TOP
     assert (("name", f"heavy{budgets.WATCH_TOP + 4:02}"), ("scope", "default")) in named
+
+
+# --- the default's setting ---
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, None), ("", None), (" 12.5 ", Decimal("12.5")), ("0", Decimal("0")), ("0.000050", Decimal("0.000050"))],
+)
+def test_the_default_is_read_exactly(monkeypatch, raw, expected):
+    if raw is None:
+        monkeypatch.delenv("AI_BUDGET_DEFAULT_MONTHLY_USD", raising=False)
+    else:
+        monkeypatch.setenv("AI_BUDGET_DEFAULT_MONTHLY_USD", raw)
+    assert env_decimal("AI_BUDGET_DEFAULT_MONTHLY_USD", minimum=Decimal(0), places=6) == expected
+
+
+@pytest.mark.parametrize("raw", ["ten", "-1", "NaN", "inf", "0.0000001"])
+def test_a_bad_default_stops_the_start(monkeypatch, raw):
+    monkeypatch.setenv("AI_BUDGET_DEFAULT_MONTHLY_USD", raw)
+    with pytest.raises(ImproperlyConfigured, match="AI_BUDGET_DEFAULT_MONTHLY_USD"):
+        env_decimal("AI_BUDGET_DEFAULT_MONTHLY_USD", minimum=Decimal(0), places=6)
