@@ -16,6 +16,7 @@ Changes (``budget_set``, ``budget_clear``) are recorded in the audit trail.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -26,12 +27,14 @@ from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.utils import timezone
 
-from aipb.exceptions import InvalidInput, NotFound
+from aipb.exceptions import DATABASE_UNAVAILABLE, InvalidInput, NotFound
 from audit.models import AuditAction
 from audit.records import Actor, audit_record
 from jobs.errors import BudgetExceeded
 from monitoring import metrics
 from usage.models import Budget, MonthlySpend
+
+log = logging.getLogger(__name__)
 
 USD_PLACES = 6  # Budget.monthly_usd
 USD_MAX = Decimal("999999999.999999")  # DECIMAL(15, 6)
@@ -157,8 +160,19 @@ def budget_limits(*, user_id: int, at: datetime | None = None) -> list[Limit]:
 
 def budget_check(*, user_id: int, stage: str) -> None:
     """Raise BudgetExceeded naming the first limit of the user's that is reached. ``stage`` (submit or
-    pipeline) labels the refusal's metric."""
-    for limit in budget_limits(user_id=user_id):
+    pipeline) labels the refusal's metric.
+
+    In the pipeline a Postgres that went away since the claim lets the call go ahead (its usage is spooled and
+    counted on replay) rather than killing the job with an UNKNOWN error; at submit the INSERT would fail anyway,
+    so the error goes up (503)."""
+    try:
+        limits = budget_limits(user_id=user_id)
+    except DATABASE_UNAVAILABLE as exc:
+        if stage != "pipeline":
+            raise
+        log.warning("budget of user %s not checked: Postgres unavailable (%s)", user_id, exc)
+        return
+    for limit in limits:
         if limit.exhausted:
             metrics.budget_refused(scope=limit.scope, stage=stage)
             details = {key: value for key, value in limit.as_dict().items() if key != "remaining_usd"}

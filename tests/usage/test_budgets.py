@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth.models import Group
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
+from django.db import OperationalError, connection
 from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -145,6 +145,20 @@ def test_limits_are_read_in_one_statement(user, team, settings):
         "soft_percent": 80,
         "resets_at": own.as_dict()["resets_at"],
     }
+
+
+def test_with_postgres_gone_the_pipeline_goes_ahead_and_submit_fails(transactional_db, user):
+    budgets.budget_set(user="alice", monthly_usd="0")
+    outage = Outage()
+    outage()
+    try:
+        budgets.budget_check(user_id=user.pk, stage="pipeline")  # no BudgetExceeded, no error
+        with pytest.raises(OperationalError):
+            budgets.budget_check(user_id=user.pk, stage="submit")
+    finally:
+        outage.end()
+    with pytest.raises(BudgetExceeded):
+        budgets.budget_check(user_id=user.pk, stage="pipeline")
 
 
 def test_no_limits_means_unlimited(user):
