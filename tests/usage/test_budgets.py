@@ -23,6 +23,7 @@ from jobs.errors import BudgetExceeded
 from jobs.providers.base import Usage
 from monitoring.collectors import ScrapeTimeCollector
 from tests.aipb.test_database_outage import Outage
+from tests.e2e.books import _spend_problems
 from tests.factories import UserFactory, submit_job
 from usage import budgets
 from usage.models import Budget, MonthlySpend, TokenUsage
@@ -301,3 +302,12 @@ def test_a_bad_default_stops_the_start(monkeypatch, raw):
     monkeypatch.setenv("AI_BUDGET_DEFAULT_MONTHLY_USD", raw)
     with pytest.raises(ImproperlyConfigured, match="AI_BUDGET_DEFAULT_MONTHLY_USD"):
         env_decimal("AI_BUDGET_DEFAULT_MONTHLY_USD", minimum=Decimal(0), places=6)
+
+
+def test_the_drills_books_catch_a_counter_that_disagrees_with_the_rows(user):
+    record(user, prompt=1_000_000, at=utc(2025, 3, 4))
+    assert _spend_problems("default") == []
+    MonthlySpend.objects.filter(user=user).update(spent_usd=Decimal("2"))
+    assert _spend_problems("default") == [
+        f"user {user.pk} in 2025-03: spent 2.000000000 by the counter, 1.000000000 by the usage rows"
+    ]
