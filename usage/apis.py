@@ -286,7 +286,10 @@ class PriceListApi(APIView):
 
 
 class BudgetParams(StrictSerializer):
-    user = serializers.CharField(max_length=150, required=False, help_text="username; staff only")
+    # Taken as given: a name that is all whitespace is a name no user has (404), not a blank field.
+    user = serializers.CharField(
+        min_length=1, max_length=150, trim_whitespace=False, required=False, help_text="username; staff only"
+    )
 
 
 class LimitSerializer(serializers.Serializer):

@@ -71,8 +71,9 @@ def test_staff_may_name_a_user_and_others_may_not(api, staff_api, user, other_us
     assert api.get(BUDGET, {"user": "alice"}).json() == {"limits": []}  # herself
     refused = api.get(BUDGET, {"user": "bob"})
     assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_denied"
-    missing = staff_api.get(BUDGET, {"user": "nobody"})
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+    for nobody in ("nobody", "\n", " alice"):
+        missing = staff_api.get(BUDGET, {"user": nobody})
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
 
 
 @pytest.mark.parametrize(
