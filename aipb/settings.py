@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -12,7 +13,7 @@ from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from aipb import embedded, queue_names
-from aipb.env import env_bool, env_float, env_int, env_list, env_str
+from aipb.env import env_bool, env_decimal, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -341,6 +342,12 @@ AI_VALIDATION_WINDOW_SECONDS = env_int("AI_VALIDATION_WINDOW_SECONDS", 600, mini
 AI_SCHEDULER_TICK_SECONDS = env_float("AI_SCHEDULER_TICK_SECONDS", 5.0, minimum=0.1)
 AI_SCHEDULES_PER_USER_MAX = env_int("AI_SCHEDULES_PER_USER_MAX", 100, minimum=1)
 AI_SCHEDULE_FIRINGS_KEEP_DAYS = env_int("AI_SCHEDULE_FIRINGS_KEEP_DAYS", 30, minimum=1)
+# Budgets (usage.budgets): the monthly USD limit of each user without a limit of their own (unset = unlimited),
+# and the percent of a limit at which it counts as nearly exhausted (for the default and new limits).
+AI_BUDGET_DEFAULT_MONTHLY_USD = env_decimal("AI_BUDGET_DEFAULT_MONTHLY_USD", minimum=Decimal(0), places=6)
+AI_BUDGET_SOFT_PERCENT = env_int("AI_BUDGET_SOFT_PERCENT", 80, minimum=1)
+if AI_BUDGET_SOFT_PERCENT > 100:
+    raise ImproperlyConfigured(f"AI_BUDGET_SOFT_PERCENT must be from 1 to 100, got {AI_BUDGET_SOFT_PERCENT}")
 
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")

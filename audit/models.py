@@ -39,6 +39,8 @@ class AuditAction(models.TextChoices):
     SCHEDULE_RESUME = "schedule.resume"
     SCHEDULE_RUN_NOW = "schedule.run_now"
     WEBHOOK_RESEND = "webhook.resend"
+    BUDGET_SET = "budget.set"
+    BUDGET_CLEAR = "budget.clear"
 
 
 class AuditEntry(models.Model):

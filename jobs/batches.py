@@ -29,6 +29,7 @@ from audit.records import Actor, audit_record, reason_checked
 from jobs import accounting, fairness, transitions
 from jobs.models import AIJob, Batch, BatchStatus
 from jobs.submission import intake_check, job_build, json_object_checked
+from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure
 
 
@@ -62,6 +63,7 @@ def batch_submit(
             return _idempotent_replay(existing, fingerprint), False
 
     fairness.queued_check(owner=owner, adding=len(built))
+    budget_check(user_id=owner.pk, stage="submit")  # 429 budget_exceeded, nothing written
     batch = Batch(
         owner=owner,
         total=len(built),

@@ -14,7 +14,9 @@ import socket
 from dataclasses import dataclass
 
 from django.db import models
+from rest_framework import status
 
+from aipb.exceptions import ServiceError
 from jobs.providers.base import ProviderError
 from jobs.schema import PageInvalid
 
@@ -31,6 +33,7 @@ class ErrorType(models.TextChoices):
     CONTEXT_LENGTH = "CONTEXT_LENGTH"
     CONTENT_POLICY = "CONTENT_POLICY"
     INVALID_REQUEST = "INVALID_REQUEST"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"  # the owner's spending limit is reached: never sent to the provider
     UNKNOWN = "UNKNOWN"
 
 
@@ -124,6 +127,15 @@ _CONTEXT_PHRASES = (
 )
 
 
+class BudgetExceeded(ServiceError):
+    """A spending limit is reached (usage.budgets): submission answers 429 and writes nothing; the pipeline ends
+    the job BUDGET_EXCEEDED before its provider call. ``details`` names the limit (scope, name, limit_usd,
+    spent_usd, resets_at)."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_type = "budget_exceeded"
+
+
 @dataclass(frozen=True)
 class Classified:
     type: ErrorType
@@ -184,6 +196,8 @@ def classify(exc: BaseException) -> Classified:
     retry_after = None
     if isinstance(exc, PageInvalid):
         kind = ErrorType.VALIDATION_ERROR
+    elif isinstance(exc, BudgetExceeded):
+        kind = ErrorType.BUDGET_EXCEEDED
     elif isinstance(exc, ProviderError):
         kind = _classify_provider_error(exc)
         retry_after = exc.retry_after

@@ -20,12 +20,13 @@ from django.utils import timezone
 from aipb.exceptions import DATABASE_UNAVAILABLE
 from dlq.records import dead_letter
 from jobs import accounting, ratelimit, transitions
-from jobs.errors import Classified, classify
+from jobs.errors import BudgetExceeded, Classified, classify
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.providers import get_provider
 from jobs.providers.base import CallContext, ProviderError
 from jobs.schema import PageInvalid, parse_page
 from jobs.transitions import AttemptRecord
+from usage.budgets import budget_check
 from usage.recording import usage_record_durable
 from webhooks.records import webhook_job_ended
 
@@ -108,6 +109,7 @@ def _attempt(job: AIJob) -> str:
     page = None
     error: BaseException | None = None
     try:
+        budget_check(user_id=job.owner_id, stage="pipeline")  # a job past its owner's limit is never sent
         provider = get_provider(job.provider)
         ctx = CallContext(
             job_id=str(job.id), attempt=number, options=job.options, timeout=settings.AI_PROVIDER_TIMEOUT_SECONDS
@@ -149,7 +151,7 @@ def _attempt(job: AIJob) -> str:
     classified = None
     if error is not None:
         classified = classify(error)
-        if not isinstance(error, (ProviderError, PageInvalid)):
+        if not isinstance(error, (ProviderError, PageInvalid, BudgetExceeded)):
             log.exception("job %s attempt %s failed unexpectedly", job.id, number, exc_info=error)
     result = _record_through_outage(job, record, page, classified)
     accounting.attempt_ended(

@@ -1,9 +1,10 @@
 """Submission: validate a new job, write its row and its attempt budget in one transaction, enqueue on commit.
 
 That transaction is the INSERT itself: outside a caller's transaction the row is written in autocommit, so a
-submission costs one statement and one round trip (``transaction.atomic`` would add BEGIN and COMMIT, two more
-round trips, around the one write), and ``on_commit`` enqueues as soon as it returns. Inside a caller's
-transaction the row joins it and is enqueued when the caller commits."""
+submission writes with one statement and one round trip (``transaction.atomic`` would add BEGIN and COMMIT, two
+more round trips, around the one write), and ``on_commit`` enqueues as soon as it returns. Before it, one SELECT
+reads the owner's spending limits (usage.budgets); a reached one refuses the submission with nothing written.
+Inside a caller's transaction the row joins it and is enqueued when the caller commits."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from jobs import catalogue, fairness, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.transitions import enqueue_on_commit, next_delivery
+from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure, webhook_spec_clean
 
 MAX_OPTIONS_DEPTH = 5
@@ -185,6 +187,7 @@ def job_submit(
             return _idempotent_replay(existing, job.request_fingerprint), False
 
     fairness.queued_check(owner=owner)
+    budget_check(user_id=owner.pk, stage="submit")  # 429 budget_exceeded, nothing written
     if job.webhook:
         webhook_secret_ensure(owner=owner)  # its events are signed with it; the owner can fetch it by rotating
     try:

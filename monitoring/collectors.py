@@ -11,6 +11,10 @@ Their cost does not grow with the jobs or usage tables:
   at AI_DLQ_MAX_ENTRIES rows at most;
 - ``ai_webhook_pending``: webhook deliveries not yet delivered or failed, an index-only count over a partial
   index of the pending rows, capped (webhooks.selectors.PENDING_COUNT_CAP);
+- ``ai_budgets_nearly_exhausted{scope}``, ``ai_budgets_exhausted{scope}`` and ``ai_budget_spent_ratio{scope,name}``
+  (the usage.budgets.WATCH_TOP most used budgets past their soft threshold only, so names stay bounded):
+  usage.budgets.budget_watch, one statement over the budgets and this month's spend rows past the default's
+  threshold;
 - ``ai_build_info{version,commit}``: version.json, read once per process;
 - ``ai_redis_up`` and ``ai_database_up``: whether this scrape could read Redis and query Postgres.
 
@@ -35,6 +39,7 @@ from dlq.selectors import dlq_counts
 from jobs.queues import QUEUE_STATUSES, queue_sizes, sizes_total
 from jobs.redis_state import WORKER_STATES, worker_slots, worker_states
 from monitoring import validation_window
+from usage.budgets import BUDGET_SCOPES, budget_watch
 from webhooks.selectors import webhook_pending_count
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ class ScrapeTimeCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._redis_families()
         yield from self._dlq_family()
+        yield from self._budget_families()
         info = build_info()
         family = GaugeMetricFamily("ai_build_info", "The build this process runs", labels=["version", "commit"])
         family.add_metric([info["version"], info["commit"]], 1)
@@ -105,6 +111,33 @@ class ScrapeTimeCollector:
             return
         family = GaugeMetricFamily("ai_webhook_pending", "Webhook deliveries waiting for a first try or a retry")
         family.add_metric([], pending)
+        yield family
+
+    def _budget_families(self) -> Iterator[Metric]:
+        try:
+            watch = budget_watch()
+        except DatabaseError as exc:
+            log.warning("metrics: database unreachable, budget gauges left out: %s", exc)
+            return
+        for name, documentation, counts in (
+            (
+                "ai_budgets_nearly_exhausted",
+                "Spending limits at or past their soft threshold this month, exhausted ones included (default: users)",
+                watch.nearly_exhausted,
+            ),
+            ("ai_budgets_exhausted", "Spending limits reached this month (default: users)", watch.exhausted),
+        ):
+            family = GaugeMetricFamily(name, documentation, labels=["scope"])
+            for scope in BUDGET_SCOPES:
+                family.add_metric([scope], counts[scope])
+            yield family
+        family = GaugeMetricFamily(
+            "ai_budget_spent_ratio",
+            "Spend over limit this month of the most used limits past their soft threshold (1 = reached)",
+            labels=["scope", "name"],
+        )
+        for scope, holder, ratio in watch.top:
+            family.add_metric([scope, holder], ratio)
         yield family
 
 

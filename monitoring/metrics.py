@@ -196,3 +196,23 @@ def webhook_delivery_tried(*, outcome: str, seconds: float | None) -> None:
     WEBHOOK_DELIVERIES.labels(outcome if outcome in WEBHOOK_OUTCOMES else "failed").inc()
     if seconds is not None:
         WEBHOOK_LATENCY.observe(seconds)
+
+
+BUDGET_REFUSALS = Counter(
+    "ai_budget_refusals",
+    "Submissions refused (stage=submit) and jobs ended BUDGET_EXCEEDED before their call (stage=pipeline) because a "
+    "spending limit was reached",
+    ["scope", "stage"],
+)
+
+
+BUDGET_SCOPES = ("user", "group", "default")
+BUDGET_STAGES = ("submit", "pipeline")
+for _scope in BUDGET_SCOPES:
+    for _stage in BUDGET_STAGES:
+        BUDGET_REFUSALS.labels(_scope, _stage)
+
+
+def budget_refused(*, scope: str, stage: str) -> None:
+    """Called by usage.budgets when it refuses: the refusal is the event (a submission writes nothing)."""
+    BUDGET_REFUSALS.labels(scope=scope, stage=stage).inc()

@@ -1,5 +1,6 @@
 """Admin: TokenUsage read-only (each row linked to its job; `?job=<id>` lists one job's); ModelPrice edits add a
-new row (history kept); the spend page: any range of days, by provider, model, user and day, and its CSV."""
+new row (history kept); the spend page: any range of days, by provider, model, user and day, and its CSV; Budget
+edits and deletes go through usage.budgets (validated, audited)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from aipb.exceptions import ServiceError
 from audit.models import AuditSource
 from audit.records import Actor
 from jobs import catalogue
-from usage import reports, services, spend_page
-from usage.models import ModelPrice, PriceSource, TokenUsage
+from usage import budgets, reports, services, spend_page
+from usage.models import Budget, ModelPrice, PriceSource, TokenUsage
 
 # --- TokenUsage ---
 
@@ -339,3 +340,75 @@ class ModelPriceAdmin(admin.ModelAdmin):
                 f"Added a new price for {price.provider}/{price.model} effective from "
                 f"{price.effective_from:%Y-%m-%d %H:%M:%S} UTC; the previous price row is kept.",
             )
+
+
+# --- Budget ---
+
+
+class BudgetForm(forms.ModelForm):
+    class Meta:
+        model = Budget
+        fields = ("user", "group", "monthly_usd", "soft_percent")
+
+    def clean(self):
+        cleaned = super().clean()
+        # a change shows user and group read-only: they are the instance's
+        user = cleaned.get("user") if "user" in self.fields else self.instance.user_id
+        group = cleaned.get("group") if "group" in self.fields else self.instance.group_id
+        if (user is None) == (group is None):
+            raise forms.ValidationError("choose exactly one of a user or a group")
+        if cleaned.get("monthly_usd") is not None:
+            try:
+                budgets.usd_parse(cleaned["monthly_usd"])
+                if cleaned.get("soft_percent") is not None:
+                    budgets.soft_percent_parse(cleaned["soft_percent"])
+            except ServiceError as exc:
+                raise forms.ValidationError(exc.message) from None
+        return cleaned
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    form = BudgetForm
+    list_display = ("holder", "monthly_usd", "spent_this_month", "soft_percent", "updated_at")
+    list_select_related = ("user", "group")
+    search_fields = ("user__username", "group__name")
+    raw_id_fields = ("user",)
+
+    def get_queryset(self, request):
+        self._spend = {(row["scope"], row["name"]): row["spent_usd"] for row in budgets.budget_list()}
+        return super().get_queryset(request)
+
+    @admin.display(description="user or group")
+    def holder(self, obj: Budget) -> str:
+        return f"user {obj.user.get_username()}" if obj.user_id else f"group {obj.group.name}"
+
+    @admin.display(description="spent this month (USD)")
+    def spent_this_month(self, obj: Budget) -> str:
+        key = ("user", obj.user.get_username()) if obj.user_id else ("group", obj.group.name)
+        return getattr(self, "_spend", {}).get(key) or "0"
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("user", "group") if obj else ()
+
+    def save_model(self, request, obj, form, change):
+        saved = budgets.budget_set(
+            user=obj.user.get_username() if obj.user_id else None,
+            group=obj.group.name if obj.group_id else None,
+            monthly_usd=obj.monthly_usd,
+            soft_percent=obj.soft_percent,
+            actor=Actor.of_request(request, source=AuditSource.ADMIN),
+        )
+        obj.pk = saved.pk
+        obj._state.adding = False
+
+    def delete_model(self, request, obj):
+        budgets.budget_clear(
+            user=obj.user.get_username() if obj.user_id else None,
+            group=obj.group.name if obj.group_id else None,
+            actor=Actor.of_request(request, source=AuditSource.ADMIN),
+        )
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset.select_related("user", "group"):
+            self.delete_model(request, obj)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import JSONRenderer
@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from aipb.api import StrictSerializer, error_responses, parse_query
 from jobs.catalogue import PROVIDER_IDS
-from usage import reports, selectors
+from usage import budgets, reports, selectors
 
 FORMATS = ("json", "csv")
 
@@ -283,3 +283,74 @@ class PriceListApi(APIView):
                 "unpriced": [{"provider": p, "model": m} for p, m in selectors.unpriced_models()],
             }
         )
+
+
+class BudgetParams(StrictSerializer):
+    # Taken as given: a name that is all whitespace is a name no user has (404), not a blank field.
+    user = serializers.CharField(
+        min_length=1, max_length=150, trim_whitespace=False, required=False, help_text="username; staff only"
+    )
+
+
+class LimitSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=budgets.Scope.ALL)
+    name = serializers.CharField(help_text="the username (user, default) or the group's name")
+    limit_usd = serializers.CharField(help_text="USD per UTC month, exact")
+    spent_usd = serializers.CharField(help_text="this month so far, exact")
+    remaining_usd = serializers.CharField()
+    soft_percent = serializers.IntegerField(help_text="nearly exhausted from this percent of the limit")
+    resets_at = serializers.DateTimeField()
+
+
+class BudgetSerializer(serializers.Serializer):
+    limits = LimitSerializer(many=True)
+
+
+class BudgetApi(APIView):
+    @extend_schema(
+        summary="Your spending limits this month",
+        description=(
+            "The monthly limits that hold you, with this UTC month's spend: your own (or the default for everyone), "
+            "and each of your groups' (shared with its members). An empty list means unlimited. When a limit is "
+            "reached, submissions answer 429 `budget_exceeded` and waiting jobs end `BUDGET_EXCEEDED` without "
+            "calling the provider, until the limit is raised or the month ends (`resets_at`). Staff may name a `user`."
+        ),
+        examples=[
+            OpenApiExample(
+                "a user's limit and a team's",
+                value={
+                    "limits": [
+                        {
+                            "scope": "user",
+                            "name": "alice",
+                            "limit_usd": "50",
+                            "spent_usd": "12.3405",
+                            "remaining_usd": "37.6595",
+                            "soft_percent": 80,
+                            "resets_at": "2027-01-01T00:00:00Z",
+                        },
+                        {
+                            "scope": "group",
+                            "name": "design",
+                            "limit_usd": "500",
+                            "spent_usd": "402.5",
+                            "remaining_usd": "97.5",
+                            "soft_percent": 80,
+                            "resets_at": "2027-01-01T00:00:00Z",
+                        },
+                    ]
+                },
+                response_only=True,
+            )
+        ],
+        parameters=[BudgetParams],
+        responses={200: BudgetSerializer, **error_responses(400, 404)},
+    )
+    def get(self, request):
+        params = parse_query(BudgetParams, request)
+        user_id = request.user.pk
+        if params.get("user") is not None and params["user"] != request.user.get_username():
+            if not request.user.is_staff:
+                raise exceptions.PermissionDenied("only staff may see another user's limits")
+            user_id = budgets.holder_resolve(user=params["user"], group=None).user.pk
+        return Response({"limits": [limit.as_dict() for limit in budgets.budget_limits(user_id=user_id)]})

@@ -79,3 +79,63 @@ class TokenUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} {self.prompt_tokens}+{self.completion_tokens}"
+
+
+class Budget(models.Model):
+    """A monthly spend limit in USD for one user or one group (a team), per UTC calendar month.
+
+    The default for everyone is a setting (AI_BUDGET_DEFAULT_MONTHLY_USD), not a row: it applies to each user
+    without a budget of their own. A group's limit is shared by its members and applies on top of theirs."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="budget"
+    )
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, null=True, blank=True, related_name="budget")
+    monthly_usd = models.DecimalField(max_digits=15, decimal_places=6)
+    soft_percent = models.PositiveSmallIntegerField(default=80)  # the nearly-exhausted threshold, % of the limit
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, group__isnull=True)
+                | models.Q(user__isnull=True, group__isnull=False),
+                name="budget_user_xor_group",
+            ),
+            models.CheckConstraint(condition=models.Q(monthly_usd__gte=0), name="budget_non_negative"),
+            models.CheckConstraint(condition=models.Q(soft_percent__gte=1, soft_percent__lte=100), name="budget_soft"),
+        ]
+
+    def __str__(self) -> str:
+        who = f"user {self.user}" if self.user_id else f"group {self.group}"
+        return f"{who}: {self.monthly_usd} USD/month"
+
+
+class MonthlySpend(models.Model):
+    """Month-to-date spend of one user or one group, kept exactly: usage.recording adds a call's cost in the
+    statement that inserts its TokenUsage row (a group's row gets the cost of its members' calls), so a user's
+    row always equals the sum of their rows' costs that month, and budget checks never scan TokenUsage."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, related_name="+")
+    group = models.ForeignKey("auth.Group", on_delete=models.CASCADE, null=True, related_name="+")
+    month = models.DateField()  # the 1st of the UTC month
+    spent_usd = models.DecimalField(max_digits=18, decimal_places=9, default=0)  # TokenUsage.cost's precision
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, group__isnull=True)
+                | models.Q(user__isnull=True, group__isnull=False),
+                name="monthlyspend_user_xor_group",
+            ),
+            # NULLS NOT DISTINCT: one index serves both kinds of row as the ON CONFLICT target of one upsert
+            models.UniqueConstraint(
+                fields=["user", "group", "month"], nulls_distinct=False, name="monthlyspend_one_per_month"
+            ),
+        ]
+        indexes = [models.Index(fields=["month", "spent_usd"], name="monthlyspend_month_spent")]
+
+    def __str__(self) -> str:
+        who = f"user {self.user_id}" if self.user_id else f"group {self.group_id}"
+        return f"{who} {self.month:%Y-%m}: {self.spent_usd} USD"

@@ -5,6 +5,10 @@ the transaction that moves the job: if that one then fails (Postgres restarting 
 billed all the same, and its retry is billed as the separate call it is. One row per (job, attempt), by a
 unique constraint, so recording again (a replay) adds nothing.
 
+The same statement adds the call's cost to the month-to-date spend of its owner and of each group the owner is in
+(usage.models.MonthlySpend, what budgets are checked against), and only if it inserted the row: a replay adds
+nothing to the spend either, and the spend cannot disagree with the rows.
+
 If Postgres cannot take the row at all, it goes to a spool in Redis (a list of JSON records) and
 `usage_spool_replay` — run by every `reconcile` — writes it once Postgres is back, exactly once: the row is
 inserted ignoring a conflict on (job, attempt), and the record leaves the spool only after that commit.
@@ -15,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.contrib.auth import get_user_model
+from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from aipb.exceptions import DATABASE_UNAVAILABLE
@@ -26,7 +31,7 @@ from aipb.redis_client import get_redis
 from jobs.catalogue import canonical_model
 from jobs.models import AIJob
 from jobs.providers.base import Usage
-from usage.models import TokenUsage
+from usage.models import MonthlySpend, TokenUsage
 from usage.pricing import cost_of, price_in_force
 
 log = logging.getLogger(__name__)
@@ -60,10 +65,66 @@ def _row(*, job_id, owner_id: int, attempt: int, provider: str, model: str, usag
     )
 
 
+def month_of(at: datetime) -> date:
+    """The UTC month a call's cost counts in (MonthlySpend.month)."""
+    at = at.astimezone(UTC)
+    return date(at.year, at.month, 1)
+
+
+_USAGE_COLUMNS = (
+    "owner_id",
+    "job_id",
+    "attempt",
+    "provider",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "cost",
+    "created_at",
+)
+
+
+def _add_to_spend_sql() -> str:
+    """The tail of both statements below: ``source`` (owner_id, cost) adds its cost to the owner's row and to
+    each of the owner's groups' rows of the month. Rows are locked in one order (the user's, then the groups' by
+    id), so two calls sharing a group never deadlock."""
+    spend = MonthlySpend._meta.db_table
+    memberships = get_user_model().groups.through._meta.db_table
+    return f"""
+        INSERT INTO {spend} AS spend (user_id, group_id, month, spent_usd)
+        SELECT scope.user_id, scope.group_id, %s, source.cost
+        FROM source CROSS JOIN LATERAL (
+            SELECT source.owner_id AS user_id, NULL::integer AS group_id
+            UNION ALL
+            SELECT NULL, member.group_id FROM {memberships} member WHERE member.user_id = source.owner_id
+        ) AS scope
+        WHERE source.cost > 0
+        ORDER BY scope.group_id NULLS FIRST
+        ON CONFLICT (user_id, group_id, month) DO UPDATE SET spent_usd = spend.spent_usd + EXCLUDED.spent_usd
+    """
+
+
 def _insert(**fields) -> Decimal | None:
+    """The row and its spend in one statement (its own transaction in autocommit): ON CONFLICT DO NOTHING, and
+    the spend takes only what the INSERT returned, so a replay adds neither a row nor a cent."""
     row = _row(**fields)
-    TokenUsage.objects.bulk_create([row], ignore_conflicts=True)  # ON CONFLICT DO NOTHING: a replay adds nothing
+    columns = ", ".join(_USAGE_COLUMNS)
+    sql = (
+        f"WITH source AS (INSERT INTO {TokenUsage._meta.db_table} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(_USAGE_COLUMNS))}) ON CONFLICT DO NOTHING RETURNING owner_id, cost)"
+        + _add_to_spend_sql()
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*(getattr(row, column) for column in _USAGE_COLUMNS), month_of(row.created_at)])
     return row.cost
+
+
+def _add_to_spend(row: TokenUsage) -> None:
+    sql = "WITH source AS (SELECT %s::integer AS owner_id, %s::numeric AS cost)" + _add_to_spend_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [row.owner_id, row.cost, month_of(row.created_at)])
 
 
 def usage_record(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> TokenUsage:
@@ -79,6 +140,7 @@ def usage_record(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> Tok
         at=at,
     )
     row.save(force_insert=True)
+    _add_to_spend(row)
     return row
 
 
@@ -94,8 +156,7 @@ def usage_record_durable(*, job: AIJob, attempt: int, usage: Usage, at: datetime
         "at": at,
     }
     try:
-        with transaction.atomic():
-            return Recorded(cost=_insert(**fields), spooled=False)
+        return Recorded(cost=_insert(**fields), spooled=False)
     except DATABASE_UNAVAILABLE as exc:
         record = {**fields, "job_id": str(job.id), "usage": dataclasses.asdict(usage), "at": at.isoformat()}
         get_redis().rpush(SPOOL_KEY, json.dumps(record))
@@ -111,16 +172,15 @@ def usage_spool_replay(*, limit: int = REPLAY_BATCH) -> int:
     for raw in raw_records:
         record = json.loads(raw)
         job_id = record["job_id"] if AIJob.objects.filter(id=record["job_id"]).exists() else None  # deleted since
-        with transaction.atomic():
-            _insert(
-                job_id=job_id,
-                owner_id=record["owner_id"],
-                attempt=record["attempt"],
-                provider=record["provider"],
-                model=record["model"],
-                usage=Usage(**record["usage"]),
-                at=parse_datetime(record["at"]),
-            )
+        _insert(
+            job_id=job_id,
+            owner_id=record["owner_id"],
+            attempt=record["attempt"],
+            provider=record["provider"],
+            model=record["model"],
+            usage=Usage(**record["usage"]),
+            at=parse_datetime(record["at"]),
+        )
         conn.lrem(SPOOL_KEY, 1, raw)  # after the commit: a crash in between replays it, and the insert ignores it
         done += 1
     if done:

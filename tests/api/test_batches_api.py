@@ -16,6 +16,7 @@ from jobs.models import AIJob, Batch, JobStatus
 from jobs.queues import all_queues, delivery_delete
 from tests.api.test_jobs_api import assert_error
 from tests.factories import ModelPriceFactory
+from usage import budgets
 from usage.models import TokenUsage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -267,3 +268,12 @@ def test_a_batchs_deliveries_wait_behind_the_owners_in_flight_cap(api, user, oth
         assert waiting_deliveries() == 3
     finally:
         fairness.overrides_forget()
+
+
+def test_a_batch_past_the_owners_budget_is_429_and_writes_nothing(api, user, redis_conn):
+    budgets.budget_set(user=user.username, monthly_usd="0")  # a limit of 0 is reached at once
+    error = assert_error(api.post(BATCHES, batch_body(2), format="json"), 429, "budget_exceeded")
+    assert error["details"]["scope"] == "user"
+    assert nothing_written() and waiting_deliveries() == 0
+    budgets.budget_clear(user=user.username)
+    assert api.post(BATCHES, batch_body(2), format="json").status_code == 201

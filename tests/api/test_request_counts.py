@@ -33,16 +33,17 @@ def counted(call):
     return response, c.counts
 
 
-def test_a_submission_is_three_statements_each_its_own_transaction_and_two_redis_round_trips(client, redis_conn):
+def test_a_submission_is_four_statements_each_its_own_transaction_and_two_redis_round_trips(client, redis_conn):
     client.post(JOBS, BODY, format="json")  # the first request of a process builds what it keeps
     response, counts = counted(lambda: client.post(JOBS, BODY, format="json"))
 
     assert response.status_code == 201, response.content
     # the token (and its user) in one statement, the owner's waiting jobs counted (AI_USER_MAX_QUEUED, bounded by
-    # LIMIT), the row in one INSERT committed on its own: no BEGIN, no COMMIT
-    assert counts.sql == 3
-    assert counts.pg_log == ["SELECT (autocommit)", "SELECT (autocommit)", "INSERT (autocommit)"]
-    assert counts.pg_round_trips == 3 and counts.transactions == 3
+    # LIMIT), the owner's limits and spend in one (usage.budgets), the row in one INSERT committed on its own: no
+    # BEGIN, no COMMIT
+    assert counts.sql == 4
+    assert counts.pg_log == ["SELECT (autocommit)"] * 3 + ["INSERT (autocommit)"]
+    assert counts.pg_round_trips == 4 and counts.transactions == 4
     # the throttle (one Lua script), then RQ's enqueue: the queue's registration, then the job and the push
     assert counts.redis_round_trips == 2
     job = AIJob.objects.get(id=response.json()["id"])  # committed before the answer
@@ -54,8 +55,8 @@ def test_a_submission_with_an_idempotency_key_reads_first_and_uses_no_savepoint(
     client.post(JOBS, BODY, format="json")
     response, counts = counted(lambda: client.post(JOBS, BODY, format="json", HTTP_IDEMPOTENCY_KEY="count-1"))
     assert response.status_code == 201
-    assert counts.sql == 4
-    assert counts.pg_log == ["SELECT (autocommit)"] * 3 + ["INSERT (autocommit)"]
+    assert counts.sql == 5  # the token, the key's row, the waiting jobs, the owner's limits, the INSERT
+    assert counts.pg_log == ["SELECT (autocommit)"] * 4 + ["INSERT (autocommit)"]
     assert counts.redis_round_trips == 2
 
     replay, counts = counted(lambda: client.post(JOBS, BODY, format="json", HTTP_IDEMPOTENCY_KEY="count-1"))

@@ -237,7 +237,7 @@ def check_paths(text: str) -> Report:
 
 # --------------------------------------------------------------------------- settings
 
-_READERS = {"env_str", "env_int", "env_float", "env_bool", "env_list", "getenv"}
+_READERS = {"env_str", "env_int", "env_float", "env_bool", "env_list", "env_decimal", "getenv"}
 
 
 def _python_files(roots: tuple[str, ...]) -> list[Path]:

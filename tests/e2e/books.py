@@ -12,6 +12,7 @@ and raises AssertionError listing every discrepancy:
   is not null (the simulated provider and the fake servers report usage with every answer, and
   none with an HTTP error or a timeout). Those attempts, and only those, have exactly one
   TokenUsage row, with the attempt's own token counts;
+- spend: each user's month-to-date spend counter equals their usage rows' cost that month;
 - dead letters: every dead job has exactly one open entry (holding its attempt count) and no
   other job has an open one, so open entries == dead jobs;
 - optionally, jobs no drill touched (no abandoned attempt) ended as their injected faults say.
@@ -32,13 +33,16 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC
 
+from django.db.models import Sum
+from django.db.models.functions import TruncMonth
 from prometheus_client.parser import text_string_to_metric_families
 
 from dlq.models import DeadLetter, DeadLetterStatus
 from jobs.models import FINAL_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.schema import validate_page
-from usage.models import TokenUsage
+from usage.models import MonthlySpend, TokenUsage
 
 MAX_SHOWN = 40
 
@@ -178,6 +182,7 @@ def check_books(
             if a["prompt_tokens"] <= 0:
                 problems.append(f"{jid} #{a['number']}: the provider answered but no prompt tokens recorded")
 
+    problems.extend(_spend_problems(using))
     for key in sorted(set(usage) - usage_expected, key=str):
         problems.append(f"usage rows for {key[0]} #{key[1]} without an answered attempt")
     for jid in open_letters:
@@ -202,6 +207,29 @@ def check_books(
         summary = books.summary()
         raise AssertionError(f"the books do not balance ({len(problems)} problems):\n  {shown}{more}\n{summary}")
     return books
+
+
+def _spend_problems(using: str) -> list[str]:
+    """Each user's month-to-date spend (what usage.budgets checks) is exactly their usage rows' cost that month,
+    whatever the drill did: a row spooled and replayed, or recorded twice, is counted once."""
+    kept = {
+        (row["user_id"], row["month"]): row["spent_usd"]
+        for row in MonthlySpend.objects.using(using).filter(user__isnull=False).values("user_id", "month", "spent_usd")
+    }
+    rows = {
+        (row["owner_id"], row["month"].date()): row["total"]
+        for row in TokenUsage.objects.using(using)
+        .filter(cost__gt=0)
+        .annotate(month=TruncMonth("created_at", tzinfo=UTC))
+        .values("owner_id", "month")
+        .annotate(total=Sum("cost"))
+    }
+    return [
+        f"user {owner} in {month:%Y-%m}: spent {kept.get((owner, month))} by the counter, {rows.get((owner, month))} "
+        "by the usage rows"
+        for owner, month in sorted(set(kept) | set(rows))
+        if kept.get((owner, month)) != rows.get((owner, month))
+    ]
 
 
 def _check_metrics(books: Books, text: str, slack: int, usage: dict, problems: list[str]) -> None:

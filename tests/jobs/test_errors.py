@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.errors import RETRYABLE, ErrorType, classify
+from jobs.errors import RETRYABLE, BudgetExceeded, ErrorType, classify
 from jobs.providers.base import ProviderError
 from jobs.schema import PageInvalid, parse_page
 
@@ -94,6 +94,12 @@ ROWS = [
     # INVALID_REQUEST: any other 4xx
     ("400", err(status=400), ErrorType.INVALID_REQUEST),
     ("422", err(status=422), ErrorType.INVALID_REQUEST),
+    # BUDGET_EXCEEDED: the owner's spending limit, found before the call (usage.budgets)
+    (
+        "a reached spending limit",
+        BudgetExceeded("the monthly budget of user 'alice' is exhausted"),
+        ErrorType.BUDGET_EXCEEDED,
+    ),
     # UNKNOWN: anything else
     ("a bug of ours", ValueError("unexpected"), ErrorType.UNKNOWN),
     ("a ProviderError with no facts", err(), ErrorType.UNKNOWN),

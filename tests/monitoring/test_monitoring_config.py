@@ -46,6 +46,10 @@ EXPORTED_METRICS = (
     "ai_jobs_errors_total",
     "ai_jobs_attempts_total",
     "ai_dlq_entries",
+    "ai_budgets_nearly_exhausted",
+    "ai_budgets_exhausted",
+    "ai_budget_spent_ratio",
+    "ai_budget_refusals_total",
     "ai_rate_limit_wait_total",
     "ai_workers",
     "ai_worker_slots",
@@ -85,6 +89,7 @@ REQUIRED_ALERTS = (
     "NoAIWorkers",
     "AISchedulerStopped",
     "WebhookBacklog",
+    "BudgetNearlyExhausted",
 )
 SEVERITIES = ("critical", "warning", "info")
 COMPONENTS = ("api", "worker", "llm", "queue")

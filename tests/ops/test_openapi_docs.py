@@ -27,6 +27,7 @@ DOCUMENTED = {
     "/api/ai/usage/report": ["get"],
     "/api/ai/usage/current-month": ["get"],
     "/api/ai/usage/last-n-days": ["get"],
+    "/api/ai/usage/budget": ["get"],
     "/api/ai/usage/prices": ["get"],
     "/api/ai/providers": ["get"],
     "/api/ai/jobs/metrics": ["get"],

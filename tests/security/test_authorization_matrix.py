@@ -69,6 +69,7 @@ API_MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "api/ai/usage/report"): _users_only(200),  # each user's own usage; staff everyone's
     ("GET", "api/ai/usage/current-month"): _users_only(200),
     ("GET", "api/ai/usage/last-n-days"): _users_only(200),
+    ("GET", "api/ai/usage/budget"): _users_only(200),  # each user's own limits; staff may name a user
     ("GET", "api/ai/usage/prices"): _staff_only(200),
     ("GET", "api/ai/stats/timeseries"): _staff_only(200),
     ("GET", "api/ai/schedules"): _users_only(200),

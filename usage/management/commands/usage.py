@@ -4,8 +4,12 @@ manage.py usage prices list [--history] [--json]
 manage.py usage prices set PROVIDER MODEL --input X --output Y [--cached-input Z] [--cache-write W] [--effective-from D]
 manage.py usage prices load FILE.json
 manage.py usage prices sync [--dry-run] [--json]
+manage.py usage budget list [--json]
+manage.py usage budget set (--user NAME | --group NAME) --monthly-usd AMOUNT [--soft-percent 80]
+manage.py usage budget clear (--user NAME | --group NAME)
 
-A price set, loaded or synced is written to the audit trail with the OS user who ran the command.
+A price set, loaded or synced, and a budget set or cleared, is written to the audit trail with the OS user who ran
+the command.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from django.utils import timezone
 from aipb.commands import OperatorCommand, parse_day
 from aipb.exceptions import ServiceError
 from audit.records import Actor
-from usage import price_sync, pricing, reports, selectors, services
+from usage import budgets, price_sync, pricing, reports, selectors, services
 
 MAX_PRICE_FILE_BYTES = 5 * 1024 * 1024
 
@@ -62,6 +66,20 @@ class Command(OperatorCommand):
         syncing = prices.add_parser("sync", help="add the genai-prices data's prices that changed (operators' win)")
         syncing.add_argument("--dry-run", action="store_true", help="show what would be added; add nothing")
         syncing.add_argument("--json", action="store_true")
+
+        budget = self.subcommands(
+            nouns.add_parser("budget", help="monthly spend limits in USD per user and per group"), dest="budget_action"
+        )
+        listing = budget.add_parser("list", help="every limit with this month's spend, and the default")
+        listing.add_argument("--json", action="store_true")
+        setting = budget.add_parser("set", help="set or change the monthly limit of a user or a group")
+        _holder(setting)
+        setting.add_argument("--monthly-usd", required=True, metavar="AMOUNT", help="USD per UTC month; 0 stops all")
+        setting.add_argument(
+            "--soft-percent", metavar="N", help="nearly-exhausted threshold, 1-100 (default: kept, else 80)"
+        )
+        clearing = budget.add_parser("clear", help="remove the limit of a user (the default applies) or a group")
+        _holder(clearing)
 
     # --- report ---
 
@@ -248,6 +266,67 @@ class Command(OperatorCommand):
             self.stdout.write(f"kept (an operator's price wins): {names}")
         for provider, model, why in result.unpriced:
             self.stdout.write(self.style.WARNING(f"unpriced: {provider}/{model}: {why}"))
+
+    # --- budgets ---
+
+    def _budget_list(self, **options) -> None:
+        rows = budgets.budget_list()
+        if options["json"]:
+            self.print_json({"limits": rows})
+            return
+        if not rows:
+            self.stdout.write("no limits: spend is unlimited (set one with `usage budget set`)")
+            return
+        table = [
+            (
+                row["scope"],
+                row["name"] or "(everyone without a limit)",
+                row["limit_usd"],
+                "-" if row["spent_usd"] is None else row["spent_usd"],
+                "-" if row["remaining_usd"] is None else row["remaining_usd"],
+                f"{row['soft_percent']}%",
+                _state(row),
+            )
+            for row in rows
+        ]
+        self.stdout.write(f"USD this UTC month; spend resets at {rows[0]['resets_at']}")
+        self.print_table(
+            ("scope", "name", "limit", "spent", "remaining", "soft", "state"), table, right=(2, 3, 4, 5), rule=True
+        )
+
+    def _budget_set(self, **options) -> None:
+        budget = budgets.budget_set(
+            user=options["user"],
+            group=options["group"],
+            monthly_usd=options["monthly_usd"],
+            soft_percent=options["soft_percent"],
+            actor=Actor.of_command(),
+        )
+        who = f"user {budget.user.get_username()}" if budget.user_id else f"group {budget.group.name}"
+        self.stdout.write(
+            f"budget set: {who} {budgets.usd(budget.monthly_usd)} USD per month, "
+            f"nearly exhausted at {budget.soft_percent}%"
+        )
+
+    def _budget_clear(self, **options) -> None:
+        budget = budgets.budget_clear(user=options["user"], group=options["group"], actor=Actor.of_command())
+        who = f"user {budget.user.get_username()}" if budget.user_id else f"group {budget.group.name}"
+        self.stdout.write(f"budget cleared: {who} (was {budgets.usd(budget.monthly_usd)} USD per month)")
+
+
+def _holder(parser) -> None:
+    whose = parser.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--user", metavar="NAME", help="a username")
+    whose.add_argument("--group", metavar="NAME", help="a group (team) name")
+
+
+def _state(row: dict) -> str:
+    if row["spent_usd"] is None:
+        return ""
+    spent, limit = Decimal(row["spent_usd"]), Decimal(row["limit_usd"])
+    if spent >= limit:
+        return "exhausted"
+    return "nearly exhausted" if spent * 100 >= limit * row["soft_percent"] else "ok"
 
 
 def _price_data_line(info: dict) -> str:
