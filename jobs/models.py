@@ -59,6 +59,13 @@ class AIJob(models.Model):
     # "<id>_<n>" for later ones (a running RQ job cannot re-enqueue itself under its own id).
     rq_job_id = models.CharField(max_length=64, blank=True, default="")
     deliveries = models.PositiveIntegerField(default=0)
+    # Routing (jobs.routing.chains): the targets to fall back on, [{"provider", "model"}, ...] (null: the default
+    # chain of AI_FALLBACKS, read when each attempt is routed), how to order them, and the target of the latest
+    # attempt (the one that produced the result, once succeeded).
+    fallbacks = models.JSONField(null=True, blank=True, default=None)
+    routing_policy = models.CharField(max_length=10, default="ordered")
+    served_provider = models.CharField(max_length=20, blank=True, default="")
+    served_model = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ("-created_at",)
@@ -107,6 +114,8 @@ ATTEMPT_FIELDS = (
     "completion_tokens",
     "cached_tokens",
     "provider_request_id",
+    "provider",
+    "model",
 )
 
 
@@ -123,6 +132,10 @@ class JobAttempt(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     provider_request_id = models.CharField(max_length=200, blank=True, default="")
+    # The target that served the attempt (its job's own, or one of its fallbacks); blank when not known (an
+    # attempt abandoned by a worker that never came back).
+    provider = models.CharField(max_length=20, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
     # Did the model's output pass page validation? None when there was no output to validate.
     validation_passed = models.BooleanField(null=True, blank=True)
 

@@ -21,6 +21,7 @@ from aipb.redis_client import best_effort
 from jobs import catalogue, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
+from jobs.routing.chains import fallbacks_clean, policy_clean
 from jobs.transitions import enqueue_on_commit, next_delivery
 
 MAX_OPTIONS_DEPTH = 5
@@ -88,6 +89,8 @@ def job_submit(
     options: dict | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    fallbacks: list[dict] | None = None,
+    routing_policy: str | None = None,
 ) -> tuple[AIJob, bool]:
     """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
     _check_intake()
@@ -111,9 +114,19 @@ def job_submit(
     if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
         raise InvalidInput(f"max_attempts must be from 1 to {MAX_ATTEMPTS_LIMIT}")
     options = _clean_options(options, provider)
+    fallbacks = fallbacks_clean(fallbacks, provider=provider, model=model)  # jobs.routing: None = AI_FALLBACKS
+    routing_policy = policy_clean(routing_policy)
 
     fingerprint = _fingerprint(
-        prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+        prompt=prompt,
+        provider=provider,
+        model=model,
+        priority=priority,
+        options=options,
+        max_attempts=max_attempts,
+        # only when used: a request without them keeps the fingerprint it had before routing existed
+        **({"fallbacks": fallbacks} if fallbacks is not None else {}),
+        **({"routing_policy": routing_policy} if routing_policy != "ordered" else {}),
     )
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
@@ -130,6 +143,8 @@ def job_submit(
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
+        fallbacks=fallbacks,
+        routing_policy=routing_policy,
     )
     job.deliveries, job.rq_job_id = next_delivery(job)
     try:

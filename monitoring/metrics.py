@@ -137,3 +137,25 @@ for _provider in PROVIDER_IDS:
 
 def llm_unpriced_call(*, provider: str) -> None:
     UNPRICED_CALLS.labels(provider).inc()
+
+
+# Routing (jobs.routing): attempts sent to a target other than their job's own, and deliveries handed back because
+# every target of the job's chain had its circuit open. Provider ids only: bounded.
+FALLBACKS = Counter(
+    "ai_jobs_fallback",
+    "Attempts routed to a fallback target instead of the job's own",
+    ["from_provider", "to_provider"],
+)
+CIRCUIT_WAITS = Counter(
+    "ai_circuit_wait",
+    "Deliveries re-scheduled because every target of the job's chain had its circuit open",
+    ["provider"],
+)
+
+
+def fallback_routed(*, from_provider: str, to_provider: str) -> None:
+    FALLBACKS.labels(from_provider, to_provider).inc()
+
+
+def circuit_waited(*, provider: str) -> None:
+    CIRCUIT_WAITS.labels(provider).inc()
