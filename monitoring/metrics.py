@@ -153,6 +153,10 @@ CIRCUIT_WAITS = Counter(
 )
 
 
+for _provider in PROVIDER_IDS:
+    CIRCUIT_WAITS.labels(_provider)  # at 0 from the start, like UNPRICED_CALLS
+
+
 def fallback_routed(*, from_provider: str, to_provider: str) -> None:
     FALLBACKS.labels(from_provider, to_provider).inc()
 

@@ -52,6 +52,8 @@ EXPORTED_METRICS = (
     "ai_database_up",
     "ai_redis_up",
     "ai_build_info",
+    "ai_provider_circuit_state",
+    "ai_circuit_wait_total",
     # django-prometheus: the API's latency panel
     "django_http_requests_latency_seconds_by_view_method",
 )
