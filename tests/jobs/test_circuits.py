@@ -145,3 +145,19 @@ def test_recent_calls_give_p50_and_error_rate():
     assert found.error_rate == 0.25
     assert circuits.p50_latencies([A, B]) == [200, None]
     assert circuits.known_targets() == [A]
+
+
+@pytest.mark.django_db
+def test_the_scrape_shows_each_targets_circuit(client, settings):
+    settings.AI_CIRCUIT_COOLDOWN_SECONDS = 60
+    fail(A, 3)
+    circuits.report(B, error=None, latency_ms=5)
+    circuits.probe_record(B, ok=False, latency_ms=1500, error="down")
+
+    text = client.get("/metrics").content.decode()
+
+    assert 'ai_provider_circuit_state{model="sim-small",provider="simulated"} 2.0' in text
+    assert 'ai_provider_circuit_state{model="sim-large",provider="simulated"} 0.0' in text
+    assert 'ai_provider_circuit_state{model="local-page",provider="local"} 0.0' in text  # configured: always there
+    assert 'ai_provider_probe_success{model="sim-large",provider="simulated"} 0.0' in text
+    assert 'ai_provider_probe_latency_seconds{model="sim-large",provider="simulated"} 1.5' in text
