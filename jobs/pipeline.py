@@ -76,6 +76,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
     job = transitions.job_claim(job_id=job_id, rq_job_id=rq_job_id)
     if job is None:
         return "skipped: claimed elsewhere"
+    _release_connection()  # routing asks Redis: no connection is held meanwhile, as during the provider call
     route = chains.route_attempt(job=job)
     if route.target is None:
         return _wait_for_circuit(job, route)
