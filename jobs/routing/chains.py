@@ -147,7 +147,12 @@ def chain_of(job: AIJob) -> list[Target]:
     if job.fallbacks is not None:
         rest = [Target(item["provider"], item["model"]) for item in job.fallbacks]
     else:
-        chains = default_chains(settings.AI_FALLBACKS) if settings.AI_FALLBACKS else {}
+        try:
+            chains = default_chains(settings.AI_FALLBACKS) if settings.AI_FALLBACKS else {}
+        except ImproperlyConfigured as exc:
+            # a job must not hang on the operator's typo: it runs on its own target (`providers probe` says why)
+            log.error("%s: routing without the default chains", exc)
+            chains = {}
         rest = chains.get((job.provider, catalogue.canonical_model(job.provider, job.model))) or chains.get(
             (job.provider, None), ()
         )

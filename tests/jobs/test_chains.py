@@ -52,3 +52,9 @@ def test_after_a_provider_side_failure_the_next_attempt_starts_at_the_next_targe
     assert chains._after_failure(chain, failed_on_large) == [chain[2], chain[0], chain[1]]
     invalid_on_large = job(error_type="VALIDATION_ERROR", served_provider="simulated", served_model="sim-large")
     assert chains._after_failure(chain, invalid_on_large) == chain  # the model answered: nothing to move away from
+
+
+def test_a_malformed_ai_fallbacks_leaves_a_job_on_its_own_target(settings, caplog):
+    settings.AI_FALLBACKS = "simulated=nowhere"
+    assert chains.chain_of(job()) == [Target("simulated", "sim-small")]
+    assert "AI_FALLBACKS" in caplog.text

@@ -81,3 +81,10 @@ def test_probe_records_each_targets_outcome_and_status_shows_it(redis_conn, sett
 
 def test_status_with_nothing_recorded_says_so(redis_conn):
     assert "no target was called or probed" in run("status")
+
+
+def test_probe_says_in_one_line_what_is_wrong_with_ai_fallbacks(redis_conn, settings):
+    settings.AI_FALLBACKS = "simulated:sim-small=nowhere"
+    with pytest.raises(CommandError, match="AI_FALLBACKS") as caught:
+        run("probe")
+    assert "\n" not in str(caught.value)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 from django.db import close_old_connections
 from redis.exceptions import RedisError
 
-from aipb.commands import OperatorCommand, parse_int
+from aipb.commands import OperatorCommand, one_line, parse_int
 from jobs import catalogue
 from jobs.providers import simulated
 from jobs.routing.health import providers_probe, targets_health
@@ -67,16 +68,22 @@ class Command(OperatorCommand):
 
     def _probe(self, *, every, json, **_):
         if every is None:
-            self._print_probes(providers_probe(), as_json=json)
+            self._print_probes(self._probed(), as_json=json)
             return
         seconds = parse_int(every, option="--every", minimum=1, maximum=86_400)
         while True:  # the schedule `make run` uses; a deployment may use cron with a plain `providers probe`
             close_old_connections()
             try:
-                self._print_probes(providers_probe(), as_json=json)
-            except RedisError as exc:
+                self._print_probes(self._probed(), as_json=json)
+            except (RedisError, CommandError) as exc:
                 self.stderr.write(f"providers probe: {exc.__class__.__name__}: {exc}; trying again in {seconds}s")
             time.sleep(seconds)
+
+    def _probed(self) -> list[dict]:
+        try:
+            return providers_probe()
+        except ImproperlyConfigured as exc:  # AI_FALLBACKS names what is wrong
+            raise CommandError(one_line(str(exc))) from None
 
     def _print_probes(self, results: list[dict], *, as_json: bool) -> None:
         if as_json:
