@@ -127,6 +127,14 @@ def _children(config: Config) -> list[Child]:
             metrics="workers",
             ignore=(signal.SIGHUP,),  # it stops on SIGTERM and SIGINT after the tick in hand
         ),
+        # Health probes of every configured provider target (jobs.routing.health): a tiny request each, every
+        # 5 minutes, for ai_provider_probe_success and the providers API.
+        Child(
+            "probes",
+            [python, "manage.py", "providers", "probe", "--every", "300"],
+            metrics="workers",
+            ignore=(signal.SIGINT, signal.SIGHUP),
+        ),
         # The workers' own metrics (web's and theirs live in separate directories, so Prometheus scraping
         # both targets of monitoring/config/prometheus.yml counts nothing twice).
         Child(

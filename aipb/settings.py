@@ -326,6 +326,17 @@ AI_BACKOFF_BASE_SECONDS = env_float("AI_BACKOFF_BASE_SECONDS", 2.0, minimum=0)
 AI_BACKOFF_MAX_SECONDS = env_float("AI_BACKOFF_MAX_SECONDS", 300.0, minimum=0)
 AI_RETRY_AFTER_MAX_SECONDS = env_float("AI_RETRY_AFTER_MAX_SECONDS", 600.0, minimum=0)
 AI_ENABLE_SIMULATED_PROVIDER = env_bool("AI_ENABLE_SIMULATED_PROVIDER", False)
+# Routing (jobs.routing): a circuit per (provider, model) opens after this many provider-side failures in a row
+# within the window (0: no circuits), stays open for the cool-down, then lets one probe through.
+AI_CIRCUIT_FAILURE_THRESHOLD = env_int("AI_CIRCUIT_FAILURE_THRESHOLD", 5, minimum=0)
+AI_CIRCUIT_WINDOW_SECONDS = env_float("AI_CIRCUIT_WINDOW_SECONDS", 60.0, minimum=1)
+AI_CIRCUIT_COOLDOWN_SECONDS = env_float("AI_CIRCUIT_COOLDOWN_SECONDS", 30.0, minimum=0.1)
+# Default fallback chains, e.g. "openai:gpt-4o-mini=anthropic:claude-3-5-haiku,google:gemini-2.0-flash;
+# anthropic=openai:gpt-4o-mini" (a source is provider:model or a whole provider; jobs.routing.chains checks it).
+AI_FALLBACKS = env_str("AI_FALLBACKS")
+AI_ROUTING_POLICY = env_str("AI_ROUTING_POLICY", "ordered")  # ordered | cheapest | fastest
+if AI_ROUTING_POLICY not in ("ordered", "cheapest", "fastest"):
+    raise ImproperlyConfigured(f"AI_ROUTING_POLICY must be ordered, cheapest or fastest, got {AI_ROUTING_POLICY!r}")
 # Let `usage prices sync` fetch the newest genai-prices data first (needs internet; off: the pinned package's).
 AI_PRICES_AUTO_UPDATE = env_bool("AI_PRICES_AUTO_UPDATE", False)
 AI_MAX_PROMPT_CHARS = 20_000

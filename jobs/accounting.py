@@ -18,6 +18,7 @@ from jobs import transitions
 from jobs.errors import Classified
 from jobs.models import AttemptOutcome, Batch, JobStatus
 from jobs.providers.base import Usage
+from jobs.routing.chains import Route
 from jobs.transitions import AttemptRecord
 from monitoring import metrics
 
@@ -175,5 +176,28 @@ def delivery_throttled(*, provider: str, job_id: object = None, delay: float | N
         "rate_limit_wait",
         job_id=job_id,
         provider=provider,
+        delay_seconds=None if delay is None else round(delay, 3),
+    )
+
+
+def attempt_routed(*, route: Route) -> None:
+    """An attempt is about to call the target routing chose; a fallback is counted and logged."""
+    if route.fallback:
+        metrics.fallback_routed(from_provider=route.primary.provider, to_provider=route.target.provider)
+        log_event(log, "fallback", from_target=str(route.primary), to_target=str(route.target), probe=route.probe)
+
+
+def delivery_waited_for_circuit(
+    *, provider: str, model: str, job_id: object = None, delay: float | None = None
+) -> None:
+    """A delivery found every target of its job's chain open-circuited: put back `delay` seconds later, its attempt
+    budget untouched."""
+    metrics.circuit_waited(provider=provider)
+    log_event(
+        log,
+        "circuit_wait",
+        job_id=job_id,
+        provider=provider,
+        model=model,
         delay_seconds=None if delay is None else round(delay, 3),
     )

@@ -26,9 +26,11 @@ from aipb.api import (
 )
 from audit.records import Actor
 from jobs import actions, fairness, selectors
-from jobs.catalogue import PROVIDER_IDS, providers_status
+from jobs.catalogue import PROVIDER_IDS
 from jobs.errors import ErrorType
 from jobs.models import MAX_ATTEMPTS_LIMIT, JobStatus, Priority
+from jobs.routing.chains import MAX_FALLBACKS, POLICIES
+from jobs.routing.health import providers_health
 from jobs.serializers import JobOutputSerializer, JobSummarySerializer, job_output
 from jobs.submission import job_submit
 from jobs.throttles import SubmitThrottle
@@ -95,6 +97,11 @@ class JobListCreateApi(APIView):
         max_attempts = serializers.IntegerField(min_value=1, max_value=MAX_ATTEMPTS_LIMIT, required=False)
         # {"url", "events"}: checked by the service (webhooks.records.webhook_spec_clean), one place for the rules
         webhook = serializers.JSONField(required=False)
+        # each {provider, model}, checked by job_submit like provider and model; null or absent: AI_FALLBACKS
+        fallbacks = serializers.ListField(
+            child=serializers.JSONField(), max_length=MAX_FALLBACKS, required=False, allow_null=True
+        )
+        routing_policy = serializers.ChoiceField(choices=POLICIES, required=False)
 
     def get_throttles(self):
         return [SubmitThrottle()] if self.request.method == "POST" else []
@@ -242,7 +249,8 @@ class ProviderListApi(APIView):
             "Every provider: whether it is configured here (`available`; a job naming one that is not is refused "
             "at submit), its default model, where its model list comes from, and each model's aliases and context "
             "limit. With an OpenAI-compatible OPENAI_BASE_URL, `any_model_name` is true: every name the server "
-            "has is accepted."
+            "has is accepted. Each model has its `circuit` (closed, half_open, open); staff also see its recent "
+            "`p50_latency_ms` and `error_rate` (provider-side failures among its recent calls) and `last_probe_at`."
         ),
         examples=[
             OpenApiExample(
@@ -270,7 +278,7 @@ class ProviderListApi(APIView):
         responses={200: serializers.ListSerializer(child=serializers.DictField()), **error_responses()},
     )
     def get(self, request):
-        return Response(providers_status())
+        return Response(providers_health(full=request.user.is_staff))
 
 
 _RELATIVE_SINCE = re.compile(r"^(\d{1,7})([smhd])$")

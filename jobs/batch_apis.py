@@ -8,7 +8,7 @@ batch accepts exactly what one POST /api/ai/jobs accepts, item by item.
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -84,17 +84,7 @@ class BatchListCreateApi(APIView):
         return paginator.get_paginated_response([batch_output(view) for view in views])
 
     @extend_schema(
-        # for the schema, each job typed as POST /api/ai/jobs takes it (the view checks them one by one, so a bad
-        # one is named by its index)
-        request=inline_serializer(
-            "BatchInput",
-            {
-                "jobs": JobListCreateApi.InputSerializer(
-                    many=True, min_length=1, max_length=settings.AI_BATCH_MAX_JOBS
-                ),
-                "metadata": serializers.DictField(required=False, help_text="kept with the batch, shown back"),
-            },
-        ),
+        request=BatchInputSerializer,
         responses={
             201: BatchOutputSerializer,
             200: BatchOutputSerializer,

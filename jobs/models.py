@@ -107,6 +107,13 @@ class AIJob(models.Model):
     # {"url", "events"} checked at submit (webhooks.records.webhook_spec_clean); null: no webhook. On the row the
     # claim returns, so a job without one costs its end nothing.
     webhook = models.JSONField(null=True, blank=True)
+    # Routing (jobs.routing.chains): the targets to fall back on, [{"provider", "model"}, ...] (null: the default
+    # chain of AI_FALLBACKS, read when each attempt is routed), how to order them, and the target of the latest
+    # attempt (the one that produced the result, once succeeded).
+    fallbacks = models.JSONField(null=True, blank=True, default=None)
+    routing_policy = models.CharField(max_length=10, default="ordered")
+    served_provider = models.CharField(max_length=20, blank=True, default="")
+    served_model = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ("-created_at",)
@@ -161,6 +168,8 @@ ATTEMPT_FIELDS = (
     "completion_tokens",
     "cached_tokens",
     "provider_request_id",
+    "provider",
+    "model",
 )
 
 
@@ -177,6 +186,10 @@ class JobAttempt(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     provider_request_id = models.CharField(max_length=200, blank=True, default="")
+    # The target that served the attempt (its job's own, or one of its fallbacks); blank when not known (an
+    # attempt abandoned by a worker that never came back).
+    provider = models.CharField(max_length=20, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
     # Did the model's output pass page validation? None when there was no output to validate.
     validation_passed = models.BooleanField(null=True, blank=True)
 

@@ -24,6 +24,8 @@ from jobs.errors import BudgetExceeded, Classified, classify
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.providers import get_provider
 from jobs.providers.base import CallContext, ProviderError
+from jobs.routing import chains
+from jobs.routing.chains import Route
 from jobs.schema import PageInvalid, parse_page
 from jobs.transitions import AttemptRecord
 from usage.budgets import budget_check
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 # What run_attempt returns for a delivery that ran no attempt (no token, or nothing to claim).
-NOT_AN_ATTEMPT = ("throttled:", "skipped:")
+NOT_AN_ATTEMPT = ("throttled:", "skipped:", "waiting:")
 
 
 def backoff_seconds(*, attempt_in_budget: int, retry_after: float | None = None) -> float:
@@ -76,6 +78,10 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
     job = transitions.job_claim(job_id=job_id, rq_job_id=rq_job_id)
     if job is None:
         return "skipped: claimed elsewhere"
+    _release_connection()  # routing asks Redis: no connection is held meanwhile, as during the provider call
+    route = chains.route_attempt(job=job)
+    if route.target is None:
+        return _wait_for_circuit(job, route)
     accounting.job_claimed(
         provider=job.provider,
         priority=job.priority,
@@ -83,7 +89,18 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         created_at=job.created_at,
         started_at=job.started_at,
     )
-    return _attempt(job)
+    return _attempt(job, route)
+
+
+def _wait_for_circuit(job: AIJob, route: Route) -> str:
+    """Every target of the job's chain has its circuit open: give the claim back (no attempt ran, none is spent)
+    and look again when the soonest may be called, like a delivery waiting for a rate-limit token."""
+    delay = max(route.wait_seconds, 0.05) + random.uniform(0, settings.AI_RATE_LIMIT_RETRY_SECONDS)
+    with transaction.atomic():
+        released = transitions.job_unclaim(job=job, delay=delay)
+    if released:
+        accounting.delivery_waited_for_circuit(provider=job.provider, model=job.model, job_id=job.id, delay=delay)
+    return f"waiting: every target's circuit is open; re-scheduled in {delay:.2f}s"
 
 
 def _release_connection() -> None:
@@ -101,8 +118,10 @@ def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
     return job
 
 
-def _attempt(job: AIJob) -> str:
+def _attempt(job: AIJob, route: Route) -> str:
     number = job.attempts
+    target = route.target
+    accounting.attempt_routed(route=route)
     started_at = timezone.now()
     started = time.monotonic()
     response = None
@@ -110,12 +129,12 @@ def _attempt(job: AIJob) -> str:
     error: BaseException | None = None
     try:
         budget_check(user_id=job.owner_id, stage="pipeline")  # a job past its owner's limit is never sent
-        provider = get_provider(job.provider)
+        provider = get_provider(target.provider)
         ctx = CallContext(
             job_id=str(job.id), attempt=number, options=job.options, timeout=settings.AI_PROVIDER_TIMEOUT_SECONDS
         )
         _release_connection()
-        response = provider.generate(prompt=job.prompt, model=job.model, ctx=ctx)
+        response = provider.generate(prompt=job.prompt, model=target.model, ctx=ctx)
         page = parse_page(response.text)
     except Exception as exc:  # every failure is classified; none escapes to RQ
         error = exc
@@ -134,14 +153,18 @@ def _attempt(job: AIJob) -> str:
         usage=usage,
         request_id=request_id,
         validation_passed=validation_passed,
+        provider=target.provider,
+        model=target.model,
     )
 
     cost = None
     if usage is not None:
-        recorded = usage_record_durable(job=job, attempt=number, usage=usage, at=record.finished_at)
+        recorded = usage_record_durable(
+            job=job, attempt=number, usage=usage, at=record.finished_at, provider=target.provider, model=target.model
+        )
         accounting.usage_counted(
-            provider=job.provider,
-            model=job.model,
+            provider=target.provider,
+            model=target.model,
             usage=usage,
             cost=recorded.cost,
             priced=recorded.cost is not None or recorded.spooled,
@@ -153,10 +176,12 @@ def _attempt(job: AIJob) -> str:
         classified = classify(error)
         if not isinstance(error, (ProviderError, PageInvalid, BudgetExceeded)):
             log.exception("job %s attempt %s failed unexpectedly", job.id, number, exc_info=error)
+    if not isinstance(error, BudgetExceeded):  # the target was not called: nothing to tell its circuit
+        chains.attempt_report(route, error=classified, latency_ms=record.latency_ms)
     result = _record_through_outage(job, record, page, classified)
     accounting.attempt_ended(
-        provider=job.provider,
-        model=job.model,
+        provider=target.provider,
+        model=target.model,
         record=record,
         seconds=seconds,
         outcome=result.outcome,

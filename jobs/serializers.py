@@ -7,7 +7,7 @@ from functools import cache
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs.models import ATTEMPT_FIELDS, AIJob, JobAttempt
+from jobs.models import ATTEMPT_FIELDS, AIJob, JobAttempt, JobStatus
 from jobs.providers.simulated import _INT_FIELDS as SIMULATE_INT_FIELDS
 from jobs.providers.simulated import SIMULATED_ERRORS
 from jobs.schema import PAGE_SCHEMA
@@ -72,6 +72,25 @@ class OptionsField(serializers.JSONField):
     pass
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "properties": {"provider": {"type": "string"}, "model": {"type": "string"}},
+        "description": "The target that produced the result: the job's own provider and model, or one of its "
+        "fallbacks; null until the job succeeds.",
+    }
+)
+class ServedByField(serializers.Field):
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, job: AIJob) -> dict | None:
+        if job.status != JobStatus.SUCCEEDED or not job.served_provider:
+            return None
+        return {"provider": job.served_provider, "model": job.served_model}
+
+
 class AttemptOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobAttempt
@@ -81,6 +100,7 @@ class AttemptOutputSerializer(serializers.ModelSerializer):
 class JobSummarySerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     options = OptionsField(read_only=True)
+    served_by = ServedByField()
 
     class Meta:
         model = AIJob
@@ -101,6 +121,9 @@ class JobSummarySerializer(serializers.ModelSerializer):
             "finished_at",
             "next_attempt_at",
             "owner",
+            "fallbacks",
+            "routing_policy",
+            "served_by",
         )
 
 

@@ -22,6 +22,7 @@ from aipb.redis_client import best_effort
 from jobs import catalogue, fairness, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
+from jobs.routing.chains import fallbacks_clean, policy_clean
 from jobs.transitions import enqueue_on_commit, next_delivery
 from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure, webhook_spec_clean
@@ -140,6 +141,8 @@ def job_build(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     webhook: dict | None = None,
+    fallbacks: list[dict] | None = None,
+    routing_policy: str | None = None,
 ) -> AIJob:
     """A submission validated, as its unsaved row (fingerprinted, its first delivery named): what job_submit
     inserts, and what a batch (jobs.batches) inserts a thousand of at once."""
@@ -147,10 +150,24 @@ def job_build(
         prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
     )
     webhook = webhook_spec_clean(webhook)
-    # without a webhook, the fingerprints stored before webhooks hold
-    fingerprint = _fingerprint(**fields, **({"webhook": webhook} if webhook else {}))
+    # jobs.routing: None = AI_FALLBACKS
+    fallbacks = fallbacks_clean(fallbacks, provider=fields["provider"], model=fields["model"])
+    routing_policy = policy_clean(routing_policy)
+    # each only when used: a request without it keeps the fingerprint it had before it existed
+    fingerprint = _fingerprint(
+        **fields,
+        **({"webhook": webhook} if webhook else {}),
+        **({"fallbacks": fallbacks} if fallbacks is not None else {}),
+        **({"routing_policy": routing_policy} if routing_policy != "ordered" else {}),
+    )
     job = AIJob(
-        owner=owner, **fields, idempotency_key=idempotency_key, request_fingerprint=fingerprint, webhook=webhook
+        owner=owner,
+        **fields,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        webhook=webhook,
+        fallbacks=fallbacks,
+        routing_policy=routing_policy,
     )
     job.deliveries, job.rq_job_id = next_delivery(job)
     return job
@@ -167,6 +184,8 @@ def job_submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     webhook: dict | None = None,
+    fallbacks: list[dict] | None = None,
+    routing_policy: str | None = None,
 ) -> tuple[AIJob, bool]:
     """Create a job and enqueue it on commit. Returns (job, created); an idempotent replay is not created."""
     intake_check()
@@ -180,6 +199,8 @@ def job_submit(
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
         webhook=webhook,
+        fallbacks=fallbacks,
+        routing_policy=routing_policy,
     )
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()

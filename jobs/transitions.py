@@ -168,6 +168,8 @@ class AttemptRecord:
     usage: Usage | None
     request_id: str | None
     validation_passed: bool | None
+    provider: str = ""  # the target that served the attempt (jobs.routing); blank: not known
+    model: str = ""
 
 
 def _finish_running(job: AIJob, number: int, at: datetime, **changes: object) -> bool:
@@ -177,11 +179,18 @@ def _finish_running(job: AIJob, number: int, at: datetime, **changes: object) ->
     return bool(AIJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=number).update(**changes))
 
 
+def _served(record: AttemptRecord) -> dict:
+    """The job keeps the target of its latest attempt: the next attempt is routed from it (jobs.routing.chains),
+    and a succeeded job shows it as served_by."""
+    return {"served_provider": record.provider, "served_model": record.model} if record.provider else {}
+
+
 def job_succeed(*, job: AIJob, record: AttemptRecord, page: dict) -> bool:
     return _finish_running(
         job,
         record.number,
         record.finished_at,
+        **_served(record),
         status=JobStatus.SUCCEEDED,
         result=page,
         finished_at=record.finished_at,
@@ -197,6 +206,7 @@ def job_retry_later(*, job: AIJob, record: AttemptRecord, error: Classified, del
         job,
         record.number,
         record.finished_at,
+        **_served(record),
         status=JobStatus.RETRYING,
         error_type=error.type,
         error_message=error.message,
@@ -216,6 +226,7 @@ def job_die(*, job: AIJob, record: AttemptRecord, error: Classified) -> bool:
         job,
         record.number,
         record.finished_at,
+        **_served(record),
         status=JobStatus.DEAD,
         error_type=error.type,
         error_message=error.message,
@@ -239,6 +250,8 @@ def attempt_save(*, job: AIJob, record: AttemptRecord, outcome: str, error: Clas
         "cached_tokens": usage.cached_tokens,
         "provider_request_id": (record.request_id or "")[:200],
         "validation_passed": record.validation_passed,
+        "provider": record.provider,
+        "model": record.model[:200],
     }
     if outcome == AttemptOutcome.ABANDONED:
         # Recovery recorded (and counted) the attempt as abandoned with a TIMEOUT: keep what it said, add what
@@ -259,7 +272,31 @@ _LATE_FIELDS = (
     "cached_tokens",
     "provider_request_id",
     "validation_passed",
+    "provider",
+    "model",
 )
+
+
+def job_unclaim(*, job: AIJob, delay: float) -> bool:
+    """running → back to waiting, the claim's attempt given back: routing found no target it may call (every
+    circuit of the job's chain is open), so no attempt ran and none is spent. The job waits in the state the claim
+    found it in (queued when no attempt of this budget had run yet, else retrying) for a new delivery."""
+    number, rq_job_id = next_delivery(job)
+    now = timezone.now()
+    previous = JobStatus.QUEUED if job.attempts - 1 == job.budget_base else JobStatus.RETRYING
+    updated = AIJob.objects.filter(id=job.id, status=JobStatus.RUNNING, attempts=job.attempts).update(
+        status=previous,
+        attempts=job.attempts - 1,
+        lease_expires_at=None,
+        next_attempt_at=now + timedelta(seconds=delay),
+        rq_job_id=rq_job_id,
+        deliveries=number,
+        updated_at=now,
+    )
+    if updated:
+        job.status, job.attempts, job.rq_job_id, job.deliveries = previous, job.attempts - 1, rq_job_id, number
+        enqueue_on_commit(job, delay=delay)
+    return bool(updated)
 
 
 # --- lease expiry ---

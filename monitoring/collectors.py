@@ -15,6 +15,9 @@ Their cost does not grow with the jobs or usage tables:
   (the usage.budgets.WATCH_TOP most used budgets past their soft threshold only, so names stay bounded):
   usage.budgets.budget_watch, one statement over the budgets and this month's spend rows past the default's
   threshold;
+- ``ai_provider_circuit_state{provider,model}`` (0 closed, 1 half-open, 2 open), ``ai_provider_probe_success`` and
+  ``ai_provider_probe_latency_seconds``: jobs.routing.circuits, one ZRANGEBYSCORE of the targets called or probed
+  in the last day and one pipeline over them; every configured provider's default model is always reported;
 - ``ai_build_info{version,commit}``: version.json, read once per process;
 - ``ai_redis_up`` and ``ai_database_up``: whether this scrape could read Redis and query Postgres.
 
@@ -36,9 +39,12 @@ from redis.exceptions import RedisError
 from aipb.redis_client import get_redis
 from aipb.views import build_info
 from dlq.selectors import dlq_counts
+from jobs.providers import registry
 from jobs.queues import QUEUE_STATUSES, queue_sizes, sizes_total
 from jobs.redis_state import WORKER_STATES, worker_slots, worker_states
-from monitoring import validation_window
+from jobs.routing import circuits
+from jobs.routing.circuits import Target
+from monitoring import metrics, validation_window
 from usage.budgets import BUDGET_SCOPES, budget_watch
 from webhooks.selectors import webhook_pending_count
 
@@ -64,6 +70,7 @@ class ScrapeTimeCollector:
             workers = worker_states(conn)
             slots = worker_slots(conn)
             rate = validation_window.pass_rate()
+            health = _targets_health()
         except RedisError as exc:
             log.warning("metrics: Redis unreachable, queue/worker/validation gauges left out: %s", exc)
             yield _up("ai_redis_up", "1 when this scrape could read Redis, 0 when it could not", False)
@@ -91,6 +98,7 @@ class ScrapeTimeCollector:
         if rate is not None:
             family.add_metric([], rate)
         yield family
+        yield from _health_families(health)
 
     def _dlq_family(self) -> Iterator[Metric]:
         try:
@@ -139,6 +147,46 @@ class ScrapeTimeCollector:
         for scope, holder, ratio in watch.top:
             family.add_metric([scope, holder], ratio)
         yield family
+
+
+def _targets_health() -> dict[Target, circuits.Health]:
+    """The targets called or probed lately, and every configured provider's default model (so its circuit is a
+    series at 0 before anything went wrong), each under its metric label (model_label: catalogue names or other)."""
+    targets = {
+        (spec.id, metrics.model_label(spec.id, spec.default_model)): Target(spec.id, spec.default_model)
+        for spec in registry.PROVIDERS
+        if registry.configured(spec.id)
+    }
+    for target in circuits.known_targets():
+        targets.setdefault((target.provider, metrics.model_label(target.provider, target.model)), target)
+    found = circuits.health(list(targets.values()))
+    return {Target(*labels): found[target] for labels, target in targets.items()}
+
+
+def _health_families(health: dict[Target, circuits.Health]) -> Iterator[Metric]:
+    family = GaugeMetricFamily(
+        "ai_provider_circuit_state",
+        "Circuit of each provider/model target: 0 closed, 1 half-open (one probe call), 2 open (not called)",
+        labels=["provider", "model"],
+    )
+    for target, found in sorted(health.items()):
+        family.add_metric(list(target), circuits.STATE_VALUES.get(found.circuit, 0))
+    yield family
+    probed = sorted((t, h) for t, h in health.items() if h.probe_ok is not None)
+    family = GaugeMetricFamily(
+        "ai_provider_probe_success",
+        "1 when the last health probe of the target (manage.py providers probe) was answered, else 0",
+        labels=["provider", "model"],
+    )
+    for target, found in probed:
+        family.add_metric(list(target), 1 if found.probe_ok else 0)
+    yield family
+    family = GaugeMetricFamily(
+        "ai_provider_probe_latency_seconds", "Duration of the target's last health probe", labels=["provider", "model"]
+    )
+    for target, found in probed:
+        family.add_metric(list(target), (found.probe_latency_ms or 0) / 1000)
+    yield family
 
 
 def _up(name: str, documentation: str, up: bool) -> Metric:

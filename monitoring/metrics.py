@@ -216,3 +216,29 @@ for _scope in BUDGET_SCOPES:
 def budget_refused(*, scope: str, stage: str) -> None:
     """Called by usage.budgets when it refuses: the refusal is the event (a submission writes nothing)."""
     BUDGET_REFUSALS.labels(scope=scope, stage=stage).inc()
+
+
+# Routing (jobs.routing): attempts sent to a target other than their job's own, and deliveries handed back because
+# every target of the job's chain had its circuit open. Provider ids only: bounded.
+FALLBACKS = Counter(
+    "ai_jobs_fallback",
+    "Attempts routed to a fallback target instead of the job's own",
+    ["from_provider", "to_provider"],
+)
+CIRCUIT_WAITS = Counter(
+    "ai_circuit_wait",
+    "Deliveries re-scheduled because every target of the job's chain had its circuit open",
+    ["provider"],
+)
+
+
+for _provider in PROVIDER_IDS:
+    CIRCUIT_WAITS.labels(_provider)  # at 0 from the start, like UNPRICED_CALLS
+
+
+def fallback_routed(*, from_provider: str, to_provider: str) -> None:
+    FALLBACKS.labels(from_provider, to_provider).inc()
+
+
+def circuit_waited(*, provider: str) -> None:
+    CIRCUIT_WAITS.labels(provider).inc()

@@ -56,7 +56,10 @@ class ScheduleInputSerializer(JobListCreateApi.InputSerializer):
     cron = serializers.CharField(max_length=CRON_MAX_CHARS)
     timezone = serializers.CharField(max_length=TIMEZONE_MAX_CHARS, required=False, default="UTC")
     paused = serializers.BooleanField(required=False, default=False)
-    webhook = None  # not (yet) for a schedule's jobs: refused as an unknown field
+    # not (yet) for a schedule's jobs: refused as unknown fields
+    webhook = None
+    fallbacks = None
+    routing_policy = None
 
 
 class ScheduleListCreateApi(APIView):

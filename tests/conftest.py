@@ -51,6 +51,7 @@ def _pipeline_settings(settings):
     settings.AI_BACKOFF_MAX_SECONDS = 0.05
     settings.AI_RATE_LIMIT_PER_SECOND = 0  # off unless a test turns it on
     settings.AI_USER_MAX_IN_FLIGHT = 0  # fair sharing off unless a test turns it on (tests/jobs/test_fairness.py)
+    settings.AI_CIRCUIT_FAILURE_THRESHOLD = 0  # circuits too (jobs.routing): a run of injected faults would open one
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # tests only: fast users
     settings.REST_FRAMEWORK = {**django_settings.REST_FRAMEWORK}
     reset_providers()

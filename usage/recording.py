@@ -144,14 +144,17 @@ def usage_record(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> Tok
     return row
 
 
-def usage_record_durable(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> Recorded:
-    """The call's usage in its own transaction (committed when this returns), or in the spool."""
+def usage_record_durable(
+    *, job: AIJob, attempt: int, usage: Usage, at: datetime, provider: str | None = None, model: str | None = None
+) -> Recorded:
+    """The call's usage in its own transaction (committed when this returns), or in the spool. Billed to the target
+    that served the call (``provider``/``model``: a fallback of the job's), else the job's own."""
     fields = {
         "job_id": job.id,
         "owner_id": job.owner_id,
         "attempt": attempt,
-        "provider": job.provider,
-        "model": job.model,
+        "provider": provider or job.provider,
+        "model": model or job.model,
         "usage": usage,
         "at": at,
     }

@@ -5,6 +5,10 @@ Behaviour comes from the job's ``options.simulate`` (validated at submit by
 counted over the job's whole life — with ``error``, then answers with a valid page.
 Like a real model, ``invalid_json`` and ``invalid_page`` answers carry usage (billed);
 HTTP-style errors and timeouts carry none.
+
+The outage switch (``outage_set``, ``manage.py providers outage simulated sim-small --seconds 60``) takes one model
+down for every worker on every host: a key in Redis with the outage's expiry, during which each call to that model
+fails like a provider answering 503, whatever the job's options say.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 
+from aipb.redis_client import get_redis
 from jobs.providers.base import CallContext, Provider, ProviderError, ProviderResponse, Usage
 from jobs.providers.local import LocalProvider
 
@@ -60,6 +66,46 @@ def validate_simulate_options(value: object) -> dict:
     return cleaned
 
 
+OUTAGE_MAX_SECONDS = 86_400
+# How long a process trusts what it last read of a model's outage switch: one Redis read per model per second,
+# not per call (the benchmarks run on this provider); a switch flipped shows within this long.
+OUTAGE_RECHECK_SECONDS = 1.0
+_outage_seen: dict[str, tuple[float, bool]] = {}
+_outage_lock = threading.Lock()
+
+
+def _outage_key(model: str) -> str:
+    return f"aipb:simulated:outage:{model}"
+
+
+def outage_set(*, model: str, seconds: int) -> None:
+    get_redis().set(_outage_key(model), "1", ex=seconds)
+    _outage_seen.pop(model, None)
+
+
+def outage_clear(*, model: str) -> bool:
+    """End the model's outage; False when none was on."""
+    _outage_seen.pop(model, None)
+    return bool(get_redis().delete(_outage_key(model)))
+
+
+def outage_remaining(*, model: str) -> int | None:
+    """Seconds the model's outage has left, None when there is none."""
+    ttl = get_redis().ttl(_outage_key(model))
+    return ttl if ttl is not None and ttl >= 0 else None
+
+
+def _in_outage(model: str) -> bool:
+    now = time.monotonic()
+    seen = _outage_seen.get(model)
+    if seen is not None and seen[0] > now:
+        return seen[1]
+    down = bool(get_redis().exists(_outage_key(model)))
+    with _outage_lock:
+        _outage_seen[model] = (now + OUTAGE_RECHECK_SECONDS, down)
+    return down
+
+
 class SimulatedProvider(Provider):
     id = "simulated"
 
@@ -72,6 +118,10 @@ class SimulatedProvider(Provider):
         failing = ctx.attempt <= sim.get("fail_attempts", 0)
         error = sim.get("error") if failing else None
         request_id = f"sim-{hashlib.sha256(f'{ctx.job_id}:{ctx.attempt}'.encode()).hexdigest()[:16]}"
+        if _in_outage(model):
+            raise ProviderError(
+                "simulated: service unavailable (outage switch)", provider=self.id, status=503, request_id=request_id
+            )
 
         if error == "timeout" or latency > ctx.timeout:
             # a provider that never answers, or answers after our timeout: we give up at the timeout, as the

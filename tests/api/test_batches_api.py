@@ -14,6 +14,7 @@ from audit.models import AuditEntry
 from jobs import fairness, pipeline, transitions
 from jobs.models import AIJob, Batch, JobStatus
 from jobs.queues import all_queues, delivery_delete
+from jobs.routing import chains
 from tests.api.test_jobs_api import assert_error
 from tests.factories import ModelPriceFactory
 from usage import budgets
@@ -166,7 +167,8 @@ def test_cancel_mid_batch_cancels_what_has_not_started(api, run_worker):
     body = {"jobs": [{"prompt": f"p{i}", **SIM} for i in range(6)]}
     batch_id = api.post(BATCHES, body, format="json").json()["id"]
     [first, second, *_] = AIJob.objects.filter(batch_id=batch_id).order_by("created_at")
-    pipeline._attempt(transitions.job_claim(job_id=first.id, rq_job_id=first.rq_job_id))  # ran to success
+    claimed = transitions.job_claim(job_id=first.id, rq_job_id=first.rq_job_id)
+    pipeline._attempt(claimed, chains.route_attempt(job=claimed))  # ran to success
     running = transitions.job_claim(job_id=second.id, rq_job_id=second.rq_job_id)  # a worker holds this one
     for job in (first, second):
         delivery_delete(job.rq_job_id)  # taken off the queue by the worker that ran it
@@ -178,7 +180,8 @@ def test_cancel_mid_batch_cancels_what_has_not_started(api, run_worker):
     assert waiting_deliveries() == 0  # the canceled jobs' deliveries are gone
     assert_error(api.post(f"{BATCHES}/{batch_id}/cancel"), 409, "conflict")
     assert not AuditEntry.objects.exists()  # the owner canceling their own batch is not audited
-    pipeline._attempt(running)  # the running job ends: the batch is finished, still canceled
+    # the running job ends: the batch is finished, still canceled
+    pipeline._attempt(running, chains.route_attempt(job=running))
     batch = api.get(f"{BATCHES}/{batch_id}").json()
     assert batch["status"] == "canceled" and batch["finished_at"] is not None
     assert batch["counts"] == {"queued": 0, "running": 0, "retrying": 0, "succeeded": 2, "dead": 0, "canceled": 4}

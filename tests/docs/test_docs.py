@@ -26,16 +26,18 @@ import shlex
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from io import StringIO
 from pathlib import Path
 
 import yaml
-from django.core.management import get_commands, load_command_class
+from django.core.management import call_command, get_commands, load_command_class
 from django.test import Client
 from django.urls import Resolver404, resolve
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import submission
 from jobs.models import AIJob, JobStatus
+from jobs.providers import simulated
 from jobs.worker import AIPBSimpleWorker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -535,8 +537,19 @@ def test_every_metric_named_is_in_a_live_scrape(user, run_worker, settings):
     success = _submit(user)
     retried = _submit(user, fail_attempts=1, error="invalid_json")  # fails validation once, then passes
     dead = _submit(user, fail_attempts=1, error="auth")  # not retryable: dead at once
+    # routing: sim-large is down, its first failure opens its circuit, the retry falls back to sim-small
+    settings.AI_CIRCUIT_FAILURE_THRESHOLD = 1
+    simulated.outage_set(model="sim-large", seconds=120)
+    fell_back, _ = submission.job_submit(
+        owner=user,
+        prompt="A landing page for a bakery in Porto",
+        provider="simulated",
+        model="sim-large",
+        fallbacks=[{"provider": "simulated", "model": "sim-small"}],
+    )
 
     run_worker(worker_class=AIPBSimpleWorker)  # in this process, so its counters are in this registry
+    call_command("providers", "probe", stdout=StringIO())  # ai_provider_probe_*
 
     statuses = dict(AIJob.objects.values_list("id", "status"))
     assert (statuses[success.id], statuses[retried.id], statuses[dead.id]) == (
@@ -544,6 +557,7 @@ def test_every_metric_named_is_in_a_live_scrape(user, run_worker, settings):
         JobStatus.SUCCEEDED,
         JobStatus.DEAD,
     )
+    assert AIJob.objects.get(id=fell_back.id).served_model == "sim-small"
     response = Client().get("/metrics")
     assert response.status_code == 200
     scrape = parse_scrape(response.content.decode())

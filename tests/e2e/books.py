@@ -13,6 +13,9 @@ and raises AssertionError listing every discrepancy:
   none with an HTTP error or a timeout). Those attempts, and only those, have exactly one
   TokenUsage row, with the attempt's own token counts;
 - spend: each user's month-to-date spend counter equals their usage rows' cost that month;
+- routing: every attempt names the provider and model that served it (only an attempt lease recovery
+  abandoned for a worker that never came back may not), its usage row is billed to that target, and a
+  succeeded job's ``served_by`` is its succeeded attempt's target;
 - dead letters: every dead job has exactly one open entry (holding its attempt count) and no
   other job has an open one, so open entries == dead jobs;
 - optionally, jobs no drill touched (no abandoned attempt) ended as their injected faults say.
@@ -40,6 +43,7 @@ from django.db.models.functions import TruncMonth
 from prometheus_client.parser import text_string_to_metric_families
 
 from dlq.models import DeadLetter, DeadLetterStatus
+from jobs.catalogue import canonical_model
 from jobs.models import FINAL_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.schema import validate_page
 from usage.models import MonthlySpend, TokenUsage
@@ -86,17 +90,28 @@ def check_books(
     problems: list[str] = []
     jobs = list(
         AIJob.objects.using(using).values(
-            "id", "status", "attempts", "result", "error_type", "finished_at", "lease_expires_at", "idempotency_key"
+            "id",
+            "status",
+            "attempts",
+            "result",
+            "error_type",
+            "finished_at",
+            "lease_expires_at",
+            "idempotency_key",
+            "served_provider",
+            "served_model",
         )
     )
     attempts: dict = defaultdict(list)
     for row in JobAttempt.objects.using(using).values(
-        "job_id", "number", "outcome", "validation_passed", "prompt_tokens", "completion_tokens"
+        "job_id", "number", "outcome", "validation_passed", "prompt_tokens", "completion_tokens", "provider", "model"
     ):
         attempts[row["job_id"]].append(row)
     usage: dict = defaultdict(list)
     usage_rows = 0
-    for row in TokenUsage.objects.using(using).values("job_id", "attempt", "prompt_tokens", "completion_tokens"):
+    for row in TokenUsage.objects.using(using).values(
+        "job_id", "attempt", "prompt_tokens", "completion_tokens", "provider", "model"
+    ):
         usage[(row["job_id"], row["attempt"])].append(row)
         usage_rows += 1
     open_letters: dict = defaultdict(list)
@@ -144,6 +159,9 @@ def check_books(
                     problems.append(f"{jid}: result is not a valid page: {errors[:2]}")
             if job["error_type"]:
                 problems.append(f"{jid}: succeeded with error_type {job['error_type']}")
+            served = [(a["provider"], a["model"]) for a in mine if a["outcome"] == AttemptOutcome.SUCCEEDED]
+            if served and served[0] != (job["served_provider"], job["served_model"]):
+                problems.append(f"{jid}: served_by {job['served_provider']}/{job['served_model']}, attempt {served[0]}")
         else:
             if succeeded:
                 problems.append(f"{jid}: {status} but attempts {succeeded} succeeded")
@@ -163,6 +181,18 @@ def check_books(
 
         for a in mine:
             rows = usage.get((jid, a["number"]), [])
+            # the target that served each attempt (jobs.routing); only lease recovery's own rows may not know it
+            if not a["provider"] and a["outcome"] != AttemptOutcome.ABANDONED:
+                problems.append(f"{jid} #{a['number']}: {a['outcome']} without the provider that served it")
+            for row in rows:
+                if a["provider"] and (row["provider"], row["model"]) != (
+                    a["provider"],
+                    canonical_model(a["provider"], a["model"]),
+                ):
+                    problems.append(
+                        f"{jid} #{a['number']}: billed to {row['provider']}/{row['model']}, served by "
+                        f"{a['provider']}/{a['model']}"
+                    )
             if a["outcome"] == AttemptOutcome.SUCCEEDED and a["validation_passed"] is not True:
                 problems.append(f"{jid} #{a['number']}: succeeded with validation_passed={a['validation_passed']}")
             if a["validation_passed"] is None:

@@ -54,7 +54,8 @@ FORKING = "jobs.worker.AIPBWorker"
 SIMPLE = "jobs.worker.AIPBSimpleWorker"
 
 # What every drill's processes run with: the simulated provider on, leases and backoffs short so a
-# lost attempt comes back within seconds, no rate limit, no submission throttle in the way of a burst.
+# lost attempt comes back within seconds, no rate limit, no submission throttle in the way of a burst, no
+# circuit breakers (their drill turns them on): the other drills measure the retry and dead rules alone.
 BASE_ENV = {
     "AI_ENABLE_SIMULATED_PROVIDER": "1",
     "AI_LEASE_SECONDS": "5",
@@ -62,6 +63,7 @@ BASE_ENV = {
     "AI_BACKOFF_BASE_SECONDS": "0.2",
     "AI_BACKOFF_MAX_SECONDS": "1",
     "AI_RATE_LIMIT_PER_SECOND": "0",
+    "AI_CIRCUIT_FAILURE_THRESHOLD": "0",
     "AI_SUBMIT_THROTTLE_RATE": "1000000/min",
     # one drill user submits thousands: no per-user caps unless a drill turns them on (test_fairness_drills.py)
     "AI_USER_MAX_IN_FLIGHT": "0",

@@ -349,6 +349,66 @@ def test_provider_times_out_then_recovers(stack: Stack):
     )
 
 
+def routed_job(key: str, *, fallbacks: list[dict], max_attempts: int) -> JobSpec:
+    body = {
+        "prompt": f"A landing page for drill job {key}",
+        "provider": "simulated",
+        "model": "sim-small",
+        "fallbacks": fallbacks,
+        "max_attempts": max_attempts,
+    }
+    return JobSpec(key=key, body=body, expect="succeeded")
+
+
+def test_provider_outage_with_fallbacks(stack: Stack):
+    """The provider drill with routing on: sim-small goes down for a minute (`manage.py providers outage`, the
+    simulated provider's switch shared by every worker) with circuits on (3 failures open one for 10 s).
+
+    Jobs with a fallback to sim-large all succeed while the outage lasts; jobs without one wait for the circuit
+    instead of spending their budget and all succeed after it; sim-small sees a bounded number of calls during
+    the outage (the failures that open its circuit, then one probe per cool-down), not one per job; the books
+    name the target of every attempt and bill it there; the fallback counter equals the attempts that fell back.
+    """
+    started = time.monotonic()
+    stack.env.update(AI_CIRCUIT_FAILURE_THRESHOLD="3", AI_CIRCUIT_COOLDOWN_SECONDS="10")
+    start(stack)
+    stack.servers.manage(
+        ["providers", "outage", "simulated", "sim-small", "--seconds", str(OUTAGE_SECONDS)], env=stack.env
+    )
+    outage_started = time.monotonic()
+    large = [{"provider": "simulated", "model": "sim-large"}]
+    covered = [routed_job(f"covered-{i}", fallbacks=large, max_attempts=3) for i in range(60)]
+    waiting = [routed_job(f"waiting-{i}", fallbacks=[], max_attempts=5) for i in range(20)]
+    stack.submit(covered + waiting)
+    covered_keys, waiting_keys = {s.key for s in covered}, {s.key for s in waiting}
+
+    harness.wait_for(
+        lambda: set(_jobs(covered_keys, status=JobStatus.SUCCEEDED)) == covered_keys,
+        timeout=OUTAGE_SECONDS - 10,
+        what="every job with a fallback to succeed during the outage",
+    )
+    assert not _jobs(waiting_keys, status=JobStatus.SUCCEEDED) and not _jobs(waiting_keys, status=JobStatus.DEAD)
+    during = JobAttempt.objects.using(ALIAS).filter(model="sim-small").count()
+    probes_possible = OUTAGE_SECONDS // 10 + 1
+    assert 3 <= during <= 3 + 2 + probes_possible, f"{during} calls reached sim-small while it was down"
+
+    time.sleep(max(0.0, outage_started + OUTAGE_SECONDS - time.monotonic()))  # the switch expires by itself
+    books = finish(stack, covered + waiting, timeout=120, started=started)
+
+    assert books.statuses == {JobStatus.SUCCEEDED: len(covered) + len(waiting)}
+    jobs = _jobs(covered_keys | waiting_keys)
+    assert all(jobs[key].served_model == "sim-large" for key in covered_keys)
+    assert all(jobs[key].served_model == "sim-small" and jobs[key].attempts <= 5 for key in waiting_keys)
+    fell_back = JobAttempt.objects.using(ALIAS).filter(model="sim-large").count()
+    assert metric_sum(stack.scrape(), "ai_jobs_fallback_total", from_provider="simulated") == fell_back
+    failed_small = JobAttempt.objects.using(ALIAS).filter(model="sim-small", outcome="failed").count()
+    waited = sorted(job.attempts for key, job in jobs.items() if key in waiting_keys)
+    print(
+        f"[{stack.name}] a {OUTAGE_SECONDS}s outage of sim-small: {fell_back} attempts fell back to sim-large, "
+        f"{failed_small} calls failed on sim-small, the waiting jobs took {waited} attempts"
+    )
+
+
 def _jobs(keys: set[str], **filters) -> dict[str, AIJob]:
     rows = AIJob.objects.using(ALIAS).filter(idempotency_key__in=list(keys), **filters)
     return {job.idempotency_key: job for job in rows}

@@ -11,7 +11,7 @@ Choosing a scenario, per request, first match wins:
    sequence, ``[[fake:429,503,ok]]``: the n-th request carrying that exact marker gets the n-th
    scenario (the last one repeats), so one job's successive attempts get different answers. Add a
    tag to keep two jobs' counters apart: ``[[fake:429,ok#job-7]]``;
-3. otherwise ``ok``.
+3. otherwise ``default_scenario`` (``ok`` unless a test takes the API down).
 
 A scenario is a name, or a dict with ``name`` plus parameters: ``retry_after`` (seconds header,
 ``None`` to omit it), ``retry_after_ms``, ``delay`` (seconds the ``timeout`` scenario waits before
@@ -189,6 +189,9 @@ class FakeProviderServer:
         # Like a misbehaving proxy, put the rejected credential verbatim in the 401 message,
         # so tests can prove our error messages never carry a key.
         self.echo_key = False
+        # What a request gets when neither the queue nor a marker chooses: "503" makes the whole API down (an outage
+        # drill), until set back to "ok".
+        self.default_scenario = "ok"
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Scenario] = deque()
         self._marker_counts: dict[str, int] = {}
@@ -265,7 +268,7 @@ class FakeProviderServer:
                 return self._queue.popleft()
             match = _MARKER.search(raw_body)
             if not match:
-                return Scenario("ok")
+                return Scenario(self.default_scenario)
             marker = match.group(1)
             names = marker.split("#", 1)[0].split(",")
             count = self._marker_counts.get(marker, 0)

@@ -98,6 +98,7 @@ class Stack:
             PROMETHEUS_MULTIPROC_DIR=str(self.dir),
             AI_ENABLE_SIMULATED_PROVIDER="1",
             AI_RATE_LIMIT_PER_SECOND="0",
+            AI_CIRCUIT_FAILURE_THRESHOLD="0",  # as in tests/conftest.py
             AI_BACKOFF_BASE_SECONDS="0.01",
             AI_BACKOFF_MAX_SECONDS="0.05",
             LOG_LEVEL="WARNING",

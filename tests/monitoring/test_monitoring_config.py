@@ -61,6 +61,8 @@ EXPORTED_METRICS = (
     "ai_webhook_pending",
     "ai_webhook_deliveries_total",
     "ai_webhook_delivery_duration_seconds",
+    "ai_provider_circuit_state",
+    "ai_circuit_wait_total",
     # django-prometheus: the API's latency panel
     "django_http_requests_latency_seconds_by_view_method",
 )

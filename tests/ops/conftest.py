@@ -36,6 +36,7 @@ def child_env(**overrides: str) -> dict[str, str]:
         DJANGO_SECRET_KEY="test-only-secret-key",
         AI_ENABLE_SIMULATED_PROVIDER="1",
         AI_RATE_LIMIT_PER_SECOND="0",
+        AI_CIRCUIT_FAILURE_THRESHOLD="0",  # as in tests/conftest.py
         AI_BACKOFF_BASE_SECONDS="0.01",
         AI_BACKOFF_MAX_SECONDS="0.05",
         PYTHONUNBUFFERED="1",

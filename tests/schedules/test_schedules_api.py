@@ -181,7 +181,15 @@ def test_high_priority_needs_the_permission_a_job_needs(api, staff_api):
     assert staff_api.post(LIST, {**GOOD, "priority": "high"}, format="json").status_code == 201
 
 
-def test_a_webhook_is_not_taken_for_a_schedule(api):
-    response = api.post(LIST, {**GOOD, "webhook": {"url": "https://hooks.example.com/x"}}, format="json")
-    assert response.status_code == 400 and "webhook" in response.json()["error"]["message"]
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"webhook": {"url": "https://hooks.example.com/x"}},
+        {"fallbacks": [{"provider": "local", "model": "local-page"}]},
+        {"routing_policy": "cheapest"},
+    ],
+)
+def test_job_fields_a_schedule_does_not_take_yet_are_refused(api, extra):
+    response = api.post(LIST, {**GOOD, **extra}, format="json")
+    assert response.status_code == 400 and next(iter(extra)) in response.json()["error"]["message"]
     assert not Schedule.objects.exists()
