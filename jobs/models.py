@@ -59,6 +59,9 @@ class AIJob(models.Model):
     # "<id>_<n>" for later ones (a running RQ job cannot re-enqueue itself under its own id).
     rq_job_id = models.CharField(max_length=64, blank=True, default="")
     deliveries = models.PositiveIntegerField(default=0)
+    # The W3C traceparent of the request that submitted the job (aipb.tracing): every attempt's span continues
+    # that trace, whichever worker runs it and however often Redis lost the delivery. Empty when tracing was off.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         ordering = ("-created_at",)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from aipb.exceptions import DATABASE_UNAVAILABLE
 from dlq.records import dead_letter
 from jobs import accounting, ratelimit, transitions
+from jobs import tracing as job_tracing
 from jobs.errors import Classified, classify
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.providers import get_provider
@@ -52,6 +53,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
     With the provider carried by the delivery, the token is taken before any database work and
     the claim is the first statement; older deliveries without it read the row first.
     """
+    start_ns = time.time_ns()  # the attempt's span begins with the delivery (jobs.tracing)
     if provider is None:
         job = _waiting_job(job_id, rq_job_id)
         if job is None:
@@ -68,6 +70,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
             rescheduled = transitions.delivery_replace(job, delay=delay)
         if rescheduled:
             accounting.delivery_throttled(provider=provider, job_id=job.id, delay=delay)
+            job_tracing.throttled(job=job, wait_seconds=decision.wait_seconds, delay=delay)
             return f"throttled: re-scheduled in {delay:.2f}s"
         return "skipped: nothing to claim"
 
@@ -81,7 +84,8 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         created_at=job.created_at,
         started_at=job.started_at,
     )
-    return _attempt(job)
+    with job_tracing.attempt(job=job, start_ns=start_ns) as traced:
+        return _attempt(job, traced)
 
 
 def _release_connection() -> None:
@@ -99,7 +103,7 @@ def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
     return job
 
 
-def _attempt(job: AIJob) -> str:
+def _attempt(job: AIJob, traced=job_tracing.NO_ATTEMPT) -> str:
     number = job.attempts
     started_at = timezone.now()
     started = time.monotonic()
@@ -112,8 +116,10 @@ def _attempt(job: AIJob) -> str:
             job_id=str(job.id), attempt=number, options=job.options, timeout=settings.AI_PROVIDER_TIMEOUT_SECONDS
         )
         _release_connection()
-        response = provider.generate(prompt=job.prompt, model=job.model, ctx=ctx)
-        page = parse_page(response.text)
+        with traced.call(provider=job.provider, model=job.model, prompt=job.prompt):
+            response = provider.generate(prompt=job.prompt, model=job.model, ctx=ctx)
+        with traced.step("aipb.validate"):
+            page = parse_page(response.text)
     except Exception as exc:  # every failure is classified; none escapes to RQ
         error = exc
     seconds = time.monotonic() - started
@@ -135,7 +141,8 @@ def _attempt(job: AIJob) -> str:
 
     cost = None
     if usage is not None:
-        recorded = usage_record_durable(job=job, attempt=number, usage=usage, at=record.finished_at)
+        with traced.step("aipb.usage_record"):
+            recorded = usage_record_durable(job=job, attempt=number, usage=usage, at=record.finished_at)
         accounting.usage_counted(
             provider=job.provider,
             model=job.model,
@@ -150,7 +157,21 @@ def _attempt(job: AIJob) -> str:
         classified = classify(error)
         if not isinstance(error, (ProviderError, PageInvalid)):
             log.exception("job %s attempt %s failed unexpectedly", job.id, number, exc_info=error)
-    result = _record_through_outage(job, record, page, classified)
+    traced.call_ended(
+        response=response,
+        usage=usage,
+        request_id=request_id,
+        cost=cost,
+        error_type=classified.type if classified is not None else None,
+    )
+    with traced.step("aipb.record"):
+        result = _record_through_outage(job, record, page, classified)
+    traced.ended(
+        outcome=result.outcome,
+        status=result.status,
+        error_type=classified.type if classified is not None else None,
+        delay=result.delay,
+    )
     accounting.attempt_ended(
         provider=job.provider,
         model=job.model,

@@ -21,6 +21,7 @@ from aipb.redis_client import best_effort
 from jobs import catalogue, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
+from jobs.tracing import submission_traceparent
 from jobs.transitions import enqueue_on_commit, next_delivery
 
 MAX_OPTIONS_DEPTH = 5
@@ -130,6 +131,7 @@ def job_submit(
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
+        traceparent=submission_traceparent(),
     )
     job.deliveries, job.rq_job_id = next_delivery(job)
     try:
