@@ -3,7 +3,8 @@
 An event line (``log_event``) is a name and fields: in plain text ``attempt_ended job_id=… outcome=failed …``,
 in JSON the same fields as keys, so a log pipeline can filter on them without parsing the message. Every line
 written while a web request is served carries its request id (aipb.middleware.RequestIdMiddleware), the id
-the response's X-Request-ID header and an /api/ 500's body show the caller.
+the response's X-Request-ID header and an /api/ 500's body show the caller; and, with tracing on (aipb.tracing),
+every line written inside a span carries its ``trace_id`` and ``span_id``, the ids an OTLP backend finds it by.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import json
 import logging
 from contextvars import ContextVar
 from datetime import UTC, datetime
+
+from opentelemetry import trace
+
+from aipb import tracing
 
 FORMATS = ("plain", "json")
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
@@ -37,11 +42,17 @@ def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, 
 
 
 class RequestIdFilter(logging.Filter):
-    """Puts the current request's id (empty outside a request) on every record the handler writes."""
+    """Puts the current request's id (empty outside a request) on every record the handler writes, and the
+    current span's trace and span ids when tracing is on and a span is being recorded."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", ""):
             record.request_id = request_id_var.get()
+        if tracing.enabled() and not getattr(record, "trace_id", ""):
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = trace.format_trace_id(context.trace_id)
+                record.span_id = trace.format_span_id(context.span_id)
         return True
 
 
@@ -51,11 +62,13 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        request_id = getattr(record, "request_id", "")
-        if not request_id:
+        ids = " ".join(
+            f"{key}={value}" for key in ("request_id", "trace_id", "span_id") if (value := getattr(record, key, ""))
+        )
+        if not ids:
             return line
         first, newline, rest = line.partition("\n")  # after the message, before a traceback
-        return f"{first} request_id={request_id}{newline}{rest}"
+        return f"{first} {ids}{newline}{rest}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -393,6 +393,12 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", Fals
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 
 # plain: "<time> <level> <logger> <pid> <message> request_id=…"; json: one object a line (aipb.logs)
+# Tracing (aipb/tracing.py) is configured by the standard OTEL_* variables, read by the OpenTelemetry SDK itself;
+# these two are ours: prompts and pages on spans (personal data: opt-in), and the link to a trace in the UI.
+AIPB_TRACE_CONTENT = env_bool("AIPB_TRACE_CONTENT", False)
+AIPB_TRACE_URL_TEMPLATE = env_str("AIPB_TRACE_URL_TEMPLATE", "")
+if AIPB_TRACE_URL_TEMPLATE and "{trace_id}" not in AIPB_TRACE_URL_TEMPLATE:
+    raise ImproperlyConfigured("AIPB_TRACE_URL_TEMPLATE must contain {trace_id}")
 AIPB_LOG_FORMAT = env_str("AIPB_LOG_FORMAT", "plain").lower()
 if AIPB_LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"AIPB_LOG_FORMAT must be plain or json, not {AIPB_LOG_FORMAT!r}")

@@ -13,6 +13,12 @@ job hashes (bare), so worker start-up (Django import) counts for neither. The ra
 The submit rate (one process calling job_submit) and the wall time, start-up included, are shown too.
 
     python -m bench.pipeline [--quick] [--jobs N] [--workers W] [--case fork|pool|simple|pool-simple ...]
+
+``--tracing``: instead, the cost of tracing: the same jobs drained with tracing off and with it on (every span
+exported over OTLP/HTTP to a loopback receiver in this process), alternating, ``--rounds`` times; worker CPU per
+job, start-up subtracted for each mode (the SDK's import is a start-up cost), medians.
+
+    python -m bench.pipeline --tracing [--case threaded] [--jobs N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from bench import common
 
 TARGET_RATE = 400.0
 TARGET_FRACTION = 0.5
+TARGET_TRACING_OVERHEAD = 0.15  # worker CPU per job, tracing on vs off
 QUEUES = ["ai-high", "ai-default", "ai-low"]
 SUBMIT_BATCH = 500
 
@@ -86,12 +93,14 @@ def _worker_commands(case: Case, workers: int) -> list[list[str]]:
     ]
 
 
-def _drain(case: Case, workers: int, *, timeout: float, log) -> tuple[float, float]:
+def _drain(case: Case, workers: int, *, timeout: float, log, env_extra: dict | None = None) -> tuple[float, float]:
     """Run the workers until the queues are empty: (wall seconds, CPU seconds of every worker process)."""
     metrics_dir = common.scratch_dir("metrics")
     for f in metrics_dir.glob("*.db"):
         f.unlink()
     env = common.worker_env(AI_RATE_LIMIT_PER_SECOND="0", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}  # tracing only where a run asks for it
+    env.update(env_extra or {})
     if case.key == "threaded":
         env.update(AI_WORKER_THREADS=str(THREADS), DATABASE_POOL_MAX_SIZE=str(THREADS // 2))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -103,7 +112,7 @@ def _drain(case: Case, workers: int, *, timeout: float, log) -> tuple[float, flo
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_ours(case: Case, *, jobs: int, workers: int, log) -> Run:
+def run_ours(case: Case, *, jobs: int, workers: int, log, env_extra: dict | None = None) -> Run:
     from django.db import transaction
     from django.db.models import Max, Min
 
@@ -124,7 +133,7 @@ def run_ours(case: Case, *, jobs: int, workers: int, log) -> Run:
                     options={"simulate": {"latency_ms": 0}},
                 )
     submit_s = time.perf_counter() - t
-    wall_s, cpu_s = _drain(case, workers, timeout=max(300.0, jobs / 5), log=log)
+    wall_s, cpu_s = _drain(case, workers, timeout=max(300.0, jobs / 5), log=log, env_extra=env_extra)
     span = AIJob.objects.aggregate(first=Min("started_at"), last=Max("finished_at"))
     ok = AIJob.objects.filter(status=JobStatus.SUCCEEDED).count()
     drain_s = (span["last"] - span["first"]).total_seconds() if span["first"] and span["last"] else wall_s
@@ -165,10 +174,31 @@ def run_bare(case: Case, *, jobs: int, workers: int, log) -> Run:
     return Run(jobs=jobs, drain_s=drain_s, wall_s=wall_s, submit_s=submit_s, ok=ok, cpu_s=cpu_s)
 
 
-def startup_cpu(case: Case, workers: int, *, log) -> float:
+def startup_cpu(case: Case, workers: int, *, log, env_extra: dict | None = None) -> float:
     """CPU seconds the worker processes spend starting and stopping with nothing to do (subtracted per job)."""
     common.reset_state()
-    return _drain(case, workers, timeout=120.0, log=log)[1]
+    return _drain(case, workers, timeout=120.0, log=log, env_extra=env_extra)[1]
+
+
+def tracing_overhead(case: Case, *, jobs: int, workers: int, rounds: int, log) -> dict:
+    """Worker CPU per job with tracing off and on (exporting to a loopback OTLP/HTTP receiver), alternating."""
+    from tests.fakes.otlp_server import OTLPReceiver
+
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    exported = []
+    with OTLPReceiver() as otlp:
+        modes = {"off": {}, "on": {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_SERVICE_NAME": "aipb-bench"}}
+        for n in range(rounds):
+            for mode in ("off", "on") if n % 2 == 0 else ("on", "off"):
+                idle = startup_cpu(case, workers, log=log, env_extra=modes[mode])
+                before = len(otlp.named("aipb.attempt"))
+                run = run_ours(case, jobs=jobs, workers=workers, log=log, env_extra=modes[mode])
+                assert run.ok == jobs, f"{mode}: {run.ok}/{jobs} succeeded"
+                cpu[mode].append((run.cpu_s - idle) * 1000 / jobs)
+                if mode == "on":
+                    exported.append(len(otlp.named("aipb.attempt")) - before)
+        spans = len(otlp.snapshot())
+    return {"cpu_ms": cpu, "attempt_spans": exported, "spans": spans, "requests": otlp.requests}
 
 
 class _Counter:
@@ -302,9 +332,13 @@ def main(argv=None) -> dict:
         )
         parser.add_argument("--workers", type=int, default=None, help="worker processes (default 2 x cores)")
         parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these setups")
+        parser.add_argument("--tracing", action="store_true", help="tracing on vs off instead (default case threaded)")
+        parser.add_argument("--rounds", type=int, default=None, help="--tracing: off/on rounds (default 3, quick 1)")
 
     args = common.parse_args(__doc__.splitlines()[0], argv, extra)
     common.setup_django()
+    if args.tracing:
+        return main_tracing(args)
 
     jobs = args.jobs or (300 if args.quick else 5000)
     fork_jobs = args.fork_jobs or (100 if args.quick else 500)
@@ -367,6 +401,45 @@ def main(argv=None) -> dict:
     report.note(
         f"per-job round trips counted in one AIPBSimpleWorker in the benchmark process over {sample} jobs; "
         "they do not depend on how busy the machine is, the rates do"
+    )
+    if not args.no_save:
+        report.save()
+    return results
+
+
+def main_tracing(args) -> dict:
+    from statistics import median
+
+    jobs = args.jobs or (200 if args.quick else 2000)
+    workers = args.workers or os.cpu_count() or 1
+    rounds = args.rounds or (1 if args.quick else 3)
+    report = common.Report(f"1b. Tracing overhead ({workers} worker processes)", quick=args.quick)
+    log = common.log_file("pipeline-tracing")
+    results = {}
+    for key in args.case or ["threaded"]:
+        case = CASES[key]
+        out = tracing_overhead(case, jobs=jobs, workers=workers, rounds=rounds, log=log)
+        off, on = median(out["cpu_ms"]["off"]), median(out["cpu_ms"]["on"])
+        overhead = on / off - 1 if off > 0 else 0.0
+        results[key] = {**out, "off_ms": off, "on_ms": on, "overhead": overhead}
+        pairs = zip(out["cpu_ms"]["off"], out["cpu_ms"]["on"], strict=True)
+        rounds_text = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
+        report.figure(
+            f"{case.label}: worker CPU per job, tracing off / on, {jobs} jobs, median of {rounds}",
+            f"{off:.2f} ms / {on:.2f} ms (+{overhead * 100:.1f} %); rounds off/on: {rounds_text}",
+            f"<= +{TARGET_TRACING_OVERHEAD * 100:.0f} %",
+            common.meets(overhead, TARGET_TRACING_OVERHEAD, higher_is_better=False),
+        )
+        report.figure(
+            f"{case.label}: exported with tracing on",
+            f"{out['attempt_spans']} aipb.attempt spans per round ({jobs} jobs each); {out['spans']} spans in "
+            f"{out['requests']} OTLP requests in all",
+        )
+    report.note(
+        "tracing on = OTEL_EXPORTER_OTLP_ENDPOINT at a loopback OTLP/HTTP receiver in the benchmark process (decoding "
+        "there, not in the workers), every span sampled (the SDK's default parentbased_always_on), the SDK's "
+        "default batch processor; jobs submitted untraced by the benchmark process, so each attempt starts a "
+        "trace; start-up CPU of each mode subtracted (the SDK and instrumentations' import is start-up)"
     )
     if not args.no_save:
         report.save()

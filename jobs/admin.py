@@ -13,6 +13,7 @@ import logging
 import re
 import uuid
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
@@ -20,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from aipb import tracing
 from aipb.admin_mixins import ObjectButtonsMixin, StaffReadOnlyMixin, badge, timestamp_column
 from aipb.commands import age
 from aipb.exceptions import NotFound, ServiceError
@@ -115,7 +117,7 @@ class AIJobAdmin(ObjectButtonsMixin, StaffReadOnlyMixin, admin.ModelAdmin):
                 )
             },
         ),
-        ("Related", {"fields": ("dead_letters", "usage_rows")}),
+        ("Related", {"fields": ("dead_letters", "usage_rows", "trace")}),
         ("Request", {"fields": ("prompt_display", "options_display", "idempotency_key")}),
         ("Result", {"fields": ("result_display",)}),
         ("Transport", {"classes": ("collapse",), "fields": ("rq_job_id", "deliveries", "updated_at_s")}),
@@ -139,6 +141,7 @@ class AIJobAdmin(ObjectButtonsMixin, StaffReadOnlyMixin, admin.ModelAdmin):
         "error_message",
         "dead_letters",
         "usage_rows",
+        "trace",
         "prompt_display",
         "options_display",
         "idempotency_key",
@@ -247,6 +250,17 @@ class AIJobAdmin(ObjectButtonsMixin, StaffReadOnlyMixin, admin.ModelAdmin):
             '<a href="{}">#{}</a> ({}, {})',
             ((reverse("admin:dlq_deadletter_change", args=[pk]), pk, status, error) for pk, status, error in entries),
         )
+
+    @admin.display(description="trace")
+    def trace(self, obj: AIJob):
+        """The trace of the request that submitted the job and of every attempt (aipb.tracing)."""
+        trace_id = tracing.trace_id_of(obj.traceparent)
+        if not trace_id:
+            return "-"
+        url = tracing.trace_url(trace_id, settings.AIPB_TRACE_URL_TEMPLATE)
+        if not url:
+            return trace_id
+        return format_html('<a href="{}" rel="noopener">{}</a>', url, trace_id)
 
     @admin.display(description="usage rows")
     def usage_rows(self, obj: AIJob):

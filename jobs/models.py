@@ -114,6 +114,9 @@ class AIJob(models.Model):
     routing_policy = models.CharField(max_length=10, default="ordered")
     served_provider = models.CharField(max_length=20, blank=True, default="")
     served_model = models.CharField(max_length=200, blank=True, default="")
+    # The W3C traceparent of the request that submitted the job (aipb.tracing): every attempt's span continues
+    # that trace, whichever worker runs it and however often Redis lost the delivery. Empty when tracing was off.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         ordering = ("-created_at",)

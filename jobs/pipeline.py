@@ -20,6 +20,7 @@ from django.utils import timezone
 from aipb.exceptions import DATABASE_UNAVAILABLE
 from dlq.records import dead_letter
 from jobs import accounting, ratelimit, transitions
+from jobs import tracing as job_tracing
 from jobs.errors import BudgetExceeded, Classified, classify
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
 from jobs.providers import get_provider
@@ -56,6 +57,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
     With the provider carried by the delivery, the token is taken before any database work and
     the claim is the first statement; older deliveries without it read the row first.
     """
+    start_ns = time.time_ns()  # the attempt's span begins with the delivery (jobs.tracing)
     if provider is None:
         job = _waiting_job(job_id, rq_job_id)
         if job is None:
@@ -72,6 +74,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
             rescheduled = transitions.delivery_replace(job, delay=delay)
         if rescheduled:
             accounting.delivery_throttled(provider=provider, job_id=job.id, delay=delay)
+            job_tracing.throttled(job=job, wait_seconds=decision.wait_seconds, delay=delay)
             return f"throttled: re-scheduled in {delay:.2f}s"
         return "skipped: nothing to claim"
 
@@ -89,7 +92,8 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         created_at=job.created_at,
         started_at=job.started_at,
     )
-    return _attempt(job, route)
+    with job_tracing.attempt(job=job, start_ns=start_ns) as traced:
+        return _attempt(job, route, traced)
 
 
 def _wait_for_circuit(job: AIJob, route: Route) -> str:
@@ -118,7 +122,7 @@ def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
     return job
 
 
-def _attempt(job: AIJob, route: Route) -> str:
+def _attempt(job: AIJob, route: Route, traced=job_tracing.NO_ATTEMPT) -> str:
     number = job.attempts
     target = route.target
     accounting.attempt_routed(route=route)
@@ -134,8 +138,10 @@ def _attempt(job: AIJob, route: Route) -> str:
             job_id=str(job.id), attempt=number, options=job.options, timeout=settings.AI_PROVIDER_TIMEOUT_SECONDS
         )
         _release_connection()
-        response = provider.generate(prompt=job.prompt, model=target.model, ctx=ctx)
-        page = parse_page(response.text)
+        with traced.call(provider=target.provider, model=target.model, prompt=job.prompt):
+            response = provider.generate(prompt=job.prompt, model=target.model, ctx=ctx)
+        with traced.step("aipb.validate"):
+            page = parse_page(response.text)
     except Exception as exc:  # every failure is classified; none escapes to RQ
         error = exc
     seconds = time.monotonic() - started
@@ -159,9 +165,15 @@ def _attempt(job: AIJob, route: Route) -> str:
 
     cost = None
     if usage is not None:
-        recorded = usage_record_durable(
-            job=job, attempt=number, usage=usage, at=record.finished_at, provider=target.provider, model=target.model
-        )
+        with traced.step("aipb.usage_record"):
+            recorded = usage_record_durable(
+                job=job,
+                attempt=number,
+                usage=usage,
+                at=record.finished_at,
+                provider=target.provider,
+                model=target.model,
+            )
         accounting.usage_counted(
             provider=target.provider,
             model=target.model,
@@ -178,7 +190,21 @@ def _attempt(job: AIJob, route: Route) -> str:
             log.exception("job %s attempt %s failed unexpectedly", job.id, number, exc_info=error)
     if not isinstance(error, BudgetExceeded):  # the target was not called: nothing to tell its circuit
         chains.attempt_report(route, error=classified, latency_ms=record.latency_ms)
-    result = _record_through_outage(job, record, page, classified)
+    traced.call_ended(
+        response=response,
+        usage=usage,
+        request_id=request_id,
+        cost=cost,
+        error_type=classified.type if classified is not None else None,
+    )
+    with traced.step("aipb.record"):
+        result = _record_through_outage(job, record, page, classified)
+    traced.ended(
+        outcome=result.outcome,
+        status=result.status,
+        error_type=classified.type if classified is not None else None,
+        delay=result.delay,
+    )
     accounting.attempt_ended(
         provider=target.provider,
         model=target.model,

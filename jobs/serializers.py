@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from functools import cache
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from aipb import tracing
 from jobs.models import ATTEMPT_FIELDS, AIJob, JobAttempt, JobStatus
 from jobs.providers.simulated import _INT_FIELDS as SIMULATE_INT_FIELDS
 from jobs.providers.simulated import SIMULATED_ERRORS
@@ -130,16 +132,25 @@ class JobSummarySerializer(serializers.ModelSerializer):
 class JobOutputSerializer(JobSummarySerializer):
     attempt_history = AttemptOutputSerializer(source="attempt_set", many=True, read_only=True)
     result = PageField(read_only=True)
+    # The job's trace (the submitting request's and every attempt's: aipb.tracing); "" when it was not traced.
+    trace_id = serializers.SerializerMethodField()
+    trace_url = serializers.SerializerMethodField()
 
     class Meta(JobSummarySerializer.Meta):
-        fields = (*JobSummarySerializer.Meta.fields, "result", "attempt_history")
+        fields = (*JobSummarySerializer.Meta.fields, "result", "trace_id", "trace_url", "attempt_history")
+
+    def get_trace_id(self, job: AIJob) -> str:
+        return tracing.trace_id_of(job.traceparent)
+
+    def get_trace_url(self, job: AIJob) -> str:
+        return tracing.trace_url(tracing.trace_id_of(job.traceparent), settings.AIPB_TRACE_URL_TEMPLATE)
 
 
 class _JobWithoutAttemptsSerializer(JobOutputSerializer):
     attempt_history = None
 
     class Meta(JobOutputSerializer.Meta):
-        fields = (*JobSummarySerializer.Meta.fields, "result")
+        fields = (*JobSummarySerializer.Meta.fields, "result", "trace_id", "trace_url")
 
 
 @cache

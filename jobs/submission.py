@@ -23,6 +23,7 @@ from jobs import catalogue, fairness, queues
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.routing.chains import fallbacks_clean, policy_clean
+from jobs.tracing import submission_traceparent
 from jobs.transitions import enqueue_on_commit, next_delivery
 from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure, webhook_spec_clean
@@ -168,6 +169,7 @@ def job_build(
         webhook=webhook,
         fallbacks=fallbacks,
         routing_policy=routing_policy,
+        traceparent=submission_traceparent(),
     )
     job.deliveries, job.rq_job_id = next_delivery(job)
     return job

@@ -31,7 +31,7 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from jobs.providers import preload
-from jobs.worker import PauseAwareMixin, RecycleMixin, ResilienceMixin
+from jobs.worker import PauseAwareMixin, RecycleMixin, ResilienceMixin, TracingMixin
 
 
 class NoDeathPenalty(BaseDeathPenalty):
@@ -45,7 +45,7 @@ class NoDeathPenalty(BaseDeathPenalty):
         pass
 
 
-class AIPBThreadedWorker(RecycleMixin, ResilienceMixin, PauseAwareMixin, SimpleWorker):
+class AIPBThreadedWorker(TracingMixin, RecycleMixin, ResilienceMixin, PauseAwareMixin, SimpleWorker):
     death_penalty_class = NoDeathPenalty
     # Short BLPOPs while attempts run, so a SIGTERM stops the takes within seconds even with jobs in flight.
     DEQUEUE_SECONDS = 5

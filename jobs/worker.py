@@ -20,6 +20,7 @@ from rq.worker import SimpleWorker, Worker
 
 import jobs.rq_jobs  # noqa: F401  (imported before the first fork, so work-horses inherit it)
 from aipb import prometheus_multiprocess as multiprocess
+from aipb import tracing
 from aipb.redis_client import follow_failovers
 from jobs.providers import preload
 
@@ -34,6 +35,15 @@ def _forget_inherited_connections() -> None:
         if conn.connection is not None:
             _inherited.append(conn.connection)
             conn.connection = None
+
+
+class TracingMixin:
+    """Tracing (aipb.tracing) for the worker process, when the OTEL_* environment asks for it: installed before
+    the first job and the first fork (a work-horse's export thread is restarted by the SDK at fork)."""
+
+    def __init__(self, *args, **kwargs):
+        tracing.setup(role="worker")
+        super().__init__(*args, **kwargs)
 
 
 class PauseAwareMixin:
@@ -129,7 +139,7 @@ class RecycleMixin:
         return super().work(burst, *args, max_jobs=max_jobs, **kwargs)
 
 
-class AIPBWorker(RecycleMixin, ResilienceMixin, PauseAwareMixin, Worker):
+class AIPBWorker(TracingMixin, RecycleMixin, ResilienceMixin, PauseAwareMixin, Worker):
     _worker_pid = 0
 
     def __init__(self, *args, **kwargs):
@@ -149,11 +159,13 @@ class AIPBWorker(RecycleMixin, ResilienceMixin, PauseAwareMixin, Worker):
         try:
             return super().perform_job(*args, **kwargs)
         finally:
-            # the horse exits next; end our own session properly instead of dropping the socket
+            # the horse exits next (os._exit): end our own session properly instead of dropping the socket, and
+            # export its spans, which would die with it
             connections.close_all()
+            tracing.flush()
 
 
-class AIPBSimpleWorker(RecycleMixin, ResilienceMixin, PauseAwareMixin, SimpleWorker):
+class AIPBSimpleWorker(TracingMixin, RecycleMixin, ResilienceMixin, PauseAwareMixin, SimpleWorker):
     """Jobs run in this process, so nothing heart-beats while one runs (RQ's forking worker beats from the
     parent): a thread does, so a long provider call does not make the worker look gone
     (settings.AI_WORKER_GONE_SECONDS)."""
