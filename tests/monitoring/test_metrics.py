@@ -295,7 +295,9 @@ def test_validation_buckets_expire_and_stay_bounded(settings, redis_conn):
     time.sleep(1.1)  # buckets that had already left the window got a 1 s TTL
     keys = redis_conn.keys(validation_window.KEY_PREFIX + "*")
     assert len(keys) <= 2 * (validation_window.MAX_BUCKETS + 2), "only the window's buckets are kept"
-    assert all(0 < redis_conn.ttl(key) <= 600 + 2 * validation_window.bucket_seconds(600) for key in keys)
+    # -2: a bucket that expired between KEYS and TTL (a loaded machine) is gone, which is the point
+    ttls = [redis_conn.ttl(key) for key in keys]
+    assert all(ttl == -2 or 0 < ttl <= 600 + 2 * validation_window.bucket_seconds(600) for ttl in ttls), ttls
     passed, failed = validation_window.counts(now=now)
     assert 295 <= passed + failed <= 300 and abs(passed - failed) <= 1
 
