@@ -15,7 +15,9 @@ import sys
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
@@ -151,6 +153,19 @@ class Progress:
         if done >= self._next or done == total:
             self.write(f"{self.label}: {done}/{total} ({done * 100 // total}%)")
             self._next = done + max(1, total // 10)
+
+
+# Who a command reads as: an operator sees every user's rows (the selectors' staff view).
+OPERATOR = SimpleNamespace(is_staff=True)
+
+
+def user_named(username: str, *, option: str = "--owner"):
+    """The user an option names, or CommandError in one line."""
+    user_model = get_user_model()
+    user = user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).first()
+    if user is None:
+        raise CommandError(f"{option}: unknown user {username!r}")
+    return user
 
 
 class OperatorCommand(BaseCommand):

@@ -32,6 +32,7 @@ from jobs import actions, batch_selectors, batches
 from jobs.models import UNFINISHED_STATUSES, AIJob, Batch, BatchStatus, JobAttempt, JobStatus
 from jobs.serializers import AttemptOutputSerializer
 from usage.models import TokenUsage
+from usage.reports import money
 
 log = logging.getLogger(__name__)
 _HEX_PREFIX = re.compile(r"^[0-9a-f]{4,}-?[0-9a-f-]*$")
@@ -411,7 +412,7 @@ class BatchAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="cost (USD)")
     def cost_display(self, obj: Batch) -> str:
-        return batch_selectors.batch_views([obj])[0].cost_usd
+        return money(batch_selectors.batch_costs(batch_ids=[obj.id])[obj.id])  # not batch_views: counts are above
 
     @admin.display(description="metadata")
     def metadata_display(self, obj: Batch) -> str:

@@ -197,4 +197,4 @@ class BatchCancelApi(APIView):
         batch, _ = batches.batch_cancel(
             batch_id=batch_id, owner=None if request.user.is_staff else request.user, actor=Actor.of_api(request)
         )
-        return Response(batch_output(batch_selectors.batch_view(user=request.user, batch_id=batch.id)))
+        return Response(batch_output(batch_selectors.batch_views([batch])[0]))  # the batch as batch_cancel left it

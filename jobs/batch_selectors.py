@@ -29,15 +29,15 @@ class BatchView:
     cost_usd: str  # the batch's provider calls, priced, USD (usage.reports.money)
 
 
-def batch_list(*, user: AbstractBaseUser) -> QuerySet[Batch]:
-    """Owners see their own batches, staff see all; newest first."""
+def batch_list(*, user: AbstractBaseUser | None) -> QuerySet[Batch]:
+    """Owners see their own batches, staff (and an operator's None) see all; newest first."""
     qs = Batch.objects.select_related("owner")
-    if not user.is_staff:
+    if user is not None and not user.is_staff:
         qs = qs.filter(owner=user)
     return qs.order_by("-created_at", "-id")
 
 
-def batch_get(*, user: AbstractBaseUser, batch_id: object) -> Batch:
+def batch_get(*, user: AbstractBaseUser | None, batch_id: object) -> Batch:
     """The batch (another user's is not found, unless the reader is staff)."""
     try:
         return batch_list(user=user).get(id=batch_id)

@@ -18,17 +18,16 @@ from functools import partial
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from aipb.exceptions import Conflict, InvalidInput, NotFound
+from aipb.exceptions import Conflict, InvalidInput
 from audit.models import AuditAction
 from audit.records import Actor, audit_record, reason_checked
-from jobs import accounting, fairness, transitions
+from jobs import accounting, batch_selectors, fairness, transitions
 from jobs.models import AIJob, Batch, BatchStatus
-from jobs.submission import intake_check, job_build, json_object_checked
+from jobs.submission import idempotent_replay, intake_check, job_build, json_object_checked
 from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure
 
@@ -60,7 +59,7 @@ def batch_submit(
     if idempotency_key is not None:
         existing = Batch.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return _idempotent_replay(existing, fingerprint), False
+            return idempotent_replay(existing, fingerprint), False
 
     fairness.queued_check(owner=owner, adding=len(built))
     budget_check(user_id=owner.pk, stage="submit")  # 429 budget_exceeded, nothing written
@@ -87,7 +86,7 @@ def batch_submit(
         existing = Batch.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is None:
             raise
-        return _idempotent_replay(existing, fingerprint), False
+        return idempotent_replay(existing, fingerprint), False
     return batch, True
 
 
@@ -115,22 +114,6 @@ def _jobs_insert(jobs: list[AIJob]) -> None:
             copy.write_row(row)
 
 
-def _idempotent_replay(existing: Batch, fingerprint: str) -> Batch:
-    if existing.request_fingerprint != fingerprint:
-        raise Conflict("this Idempotency-Key was already used with a different request body")
-    return existing
-
-
-def _get(batch_id: object, *, owner: AbstractBaseUser | None) -> Batch:
-    qs = Batch.objects.select_related("owner")
-    if owner is not None:
-        qs = qs.filter(owner=owner)
-    try:
-        return qs.get(id=batch_id)
-    except (Batch.DoesNotExist, ValueError, TypeError, ValidationError):  # ValidationError: a malformed UUID
-        raise NotFound(f"batch {batch_id} not found") from None
-
-
 @transaction.atomic
 def batch_cancel(
     *, batch_id: object, owner: AbstractBaseUser | None = None, actor: Actor | None = None, reason: str = ""
@@ -141,7 +124,7 @@ def batch_cancel(
     The jobs change before the batch row, the order every job end follows (job, then its batch), so a cancel
     and a worker finishing a job of the batch cannot deadlock."""
     reason = reason_checked(reason)
-    batch = _get(batch_id, owner=owner)
+    batch = batch_selectors.batch_get(user=owner, batch_id=batch_id)  # owner None: an operator, any batch
     if batch.status != BatchStatus.RUNNING:
         raise Conflict(f"batch {batch.id} is {batch.status}; only a running batch can be canceled")
     canceled = transitions.batch_jobs_cancel_waiting(batch_id=batch.id)

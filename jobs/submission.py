@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -29,6 +30,7 @@ from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure, webhook_spec_clean
 
 MAX_OPTIONS_DEPTH = 5
+T = TypeVar("T")  # a row with request_fingerprint: a job or a batch
 
 
 def _fingerprint(**fields: object) -> str:
@@ -207,7 +209,7 @@ def job_submit(
     if idempotency_key is not None:
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return _idempotent_replay(existing, job.request_fingerprint), False
+            return idempotent_replay(existing, job.request_fingerprint), False
 
     fairness.queued_check(owner=owner)
     budget_check(user_id=owner.pk, stage="submit")  # 429 budget_exceeded, nothing written
@@ -226,7 +228,7 @@ def job_submit(
         existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is None:
             raise
-        return _idempotent_replay(existing, job.request_fingerprint), False
+        return idempotent_replay(existing, job.request_fingerprint), False
     enqueue_on_commit(job, fail_fast=True)
     return job, True
 
@@ -249,7 +251,8 @@ def intake_check() -> None:
         )
 
 
-def _idempotent_replay(existing: AIJob, fingerprint: str) -> AIJob:
+def idempotent_replay(existing: T, fingerprint: str) -> T:
+    """The row an Idempotency-Key already made (a job or a batch), if the request is the same one."""
     if existing.request_fingerprint != fingerprint:
         raise Conflict("this Idempotency-Key was already used with a different request body")
     return existing

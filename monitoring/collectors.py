@@ -45,7 +45,7 @@ from jobs.redis_state import WORKER_STATES, worker_slots, worker_states
 from jobs.routing import circuits
 from jobs.routing.circuits import Target
 from monitoring import metrics, validation_window
-from usage.budgets import BUDGET_SCOPES, budget_watch
+from usage.budgets import budget_watch
 from webhooks.selectors import webhook_pending_count
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class ScrapeTimeCollector:
             ("ai_budgets_exhausted", "Spending limits reached this month (default: users)", watch.exhausted),
         ):
             family = GaugeMetricFamily(name, documentation, labels=["scope"])
-            for scope in BUDGET_SCOPES:
+            for scope in metrics.BUDGET_SCOPES:
                 family.add_metric([scope], counts[scope])
             yield family
         family = GaugeMetricFamily(

@@ -33,6 +33,7 @@ from audit.records import Actor, audit_record
 from jobs.errors import BudgetExceeded
 from monitoring import metrics
 from usage.models import Budget, MonthlySpend
+from usage.recording import month_of
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,6 @@ class Scope:
     ALL = (USER, GROUP, DEFAULT)
 
 
-BUDGET_SCOPES = Scope.ALL
-
-
-def month_of(at: datetime) -> date:
-    at = at.astimezone(UTC)
-    return date(at.year, at.month, 1)
 
 
 def resets_at(month: date) -> datetime:

@@ -17,6 +17,7 @@ inserted ignoring a conflict on (job, attempt), and the record leaves the spool 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from datetime import UTC, date, datetime
@@ -86,6 +87,7 @@ _USAGE_COLUMNS = (
 )
 
 
+@functools.cache  # constant once the apps are loaded; built on first use, not per attempt
 def _add_to_spend_sql() -> str:
     """The tail of both statements below: ``source`` (owner_id, cost) adds its cost to the owner's row and to
     each of the owner's groups' rows of the month. Rows are locked in one order (the user's, then the groups' by

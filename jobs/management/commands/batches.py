@@ -11,19 +11,13 @@ cancel cancels every job of the batch that has not started; it is written to the
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-from django.contrib.auth import get_user_model
-from django.core.management.base import CommandError
-
 from aipb.api import ListParams
-from aipb.commands import MIN_ID_PREFIX, OperatorCommand, age, choice, parse_int, resolve_id
+from aipb.commands import MIN_ID_PREFIX, OPERATOR, OperatorCommand, age, choice, parse_int, resolve_id, user_named
 from audit.records import Actor
 from jobs import batch_selectors, batches
 from jobs.batch_serializers import batch_output
 from jobs.models import UNFINISHED_STATUSES, Batch, BatchStatus, JobStatus
 
-OPERATOR = SimpleNamespace(is_staff=True)  # the command runs as an operator, who sees every batch
 LIST_MAX = 500
 OFFSET_MAX = ListParams().fields["offset"].max_value
 ID_HELP = f"the batch's UUID, or its first {MIN_ID_PREFIX} or more hex digits"
@@ -56,7 +50,7 @@ class Command(OperatorCommand):
         if status:
             qs = qs.filter(status=status)
         if owner is not None:
-            qs = qs.filter(owner=self._user(owner))
+            qs = qs.filter(owner=user_named(owner))
         views = batch_selectors.batch_views(list(qs[offset : offset + limit]))
         if json:
             self.print_json([batch_output(view) for view in views])
@@ -115,10 +109,3 @@ class Command(OperatorCommand):
 
     def _batch_id(self, value: str):
         return resolve_id(value, queryset=Batch.objects.all(), what="batch")
-
-    def _user(self, username: str):
-        user_model = get_user_model()
-        user = user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).first()
-        if user is None:
-            raise CommandError(f"--owner: unknown user {username!r}")
-        return user

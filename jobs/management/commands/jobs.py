@@ -15,15 +15,13 @@ retry, cancel and delete are written to the audit trail with the OS user who ran
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 from django.utils import timezone
 
 from aipb.api import ListParams
 from aipb.commands import (
     MIN_ID_PREFIX,
+    OPERATOR,
     OperatorCommand,
     age,
     choice,
@@ -31,6 +29,7 @@ from aipb.commands import (
     parse_int,
     parse_when,
     resolve_id,
+    user_named,
 )
 from audit.records import Actor
 from jobs import actions, selectors
@@ -39,8 +38,6 @@ from jobs.errors import ErrorType
 from jobs.models import AIJob, JobStatus
 from jobs.serializers import JobOutputSerializer, JobSummarySerializer
 
-# The command runs as an operator, who sees every job (the selectors' staff view).
-OPERATOR = SimpleNamespace(is_staff=True)
 LIST_MAX = 1000
 OFFSET_MAX = ListParams().fields["offset"].max_value  # the API's bound: deeper pages are slow scans
 ID_HELP = f"the job's UUID, or its first {MIN_ID_PREFIX} or more hex digits"
@@ -102,7 +99,7 @@ class Command(OperatorCommand):
         offset = parse_int(offset, option="--offset", minimum=0, maximum=OFFSET_MAX)
         jobs = selectors.job_list(user=OPERATOR, filters=filters)
         if owner is not None:
-            jobs = jobs.filter(owner=self._user(owner))
+            jobs = jobs.filter(owner=user_named(owner))
         if since_at:
             jobs = jobs.filter(created_at__gte=since_at)
         if until_at:
@@ -244,13 +241,6 @@ class Command(OperatorCommand):
 
     def _job_id(self, value: str):
         return resolve_id(value, queryset=AIJob.objects.all(), what="job")
-
-    def _user(self, username: str):
-        user_model = get_user_model()
-        user = user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).first()
-        if user is None:
-            raise CommandError(f"--owner: unknown user {username!r}")
-        return user
 
     def _status_style(self, value: str) -> str:
         stripped = value.strip()
