@@ -69,7 +69,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         job = _waiting_job(job_id, rq_job_id)
         if job is None:
             return "skipped: nothing to claim"
-        delay = max(decision.wait_seconds, 0.05) + random.uniform(0, settings.AI_RATE_LIMIT_RETRY_SECONDS)
+        delay = _redelivery_delay(decision.wait_seconds)
         with transaction.atomic():
             rescheduled = transitions.delivery_replace(job, delay=delay)
         if rescheduled:
@@ -81,7 +81,6 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
     job = transitions.job_claim(job_id=job_id, rq_job_id=rq_job_id)
     if job is None:
         return "skipped: claimed elsewhere"
-    _release_connection()  # routing asks Redis: no connection is held meanwhile, as during the provider call
     route = chains.route_attempt(job=job)
     if route.target is None:
         return _wait_for_circuit(job, route)
@@ -99,12 +98,18 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
 def _wait_for_circuit(job: AIJob, route: Route) -> str:
     """Every target of the job's chain has its circuit open: give the claim back (no attempt ran, none is spent)
     and look again when the soonest may be called, like a delivery waiting for a rate-limit token."""
-    delay = max(route.wait_seconds, 0.05) + random.uniform(0, settings.AI_RATE_LIMIT_RETRY_SECONDS)
+    delay = _redelivery_delay(route.wait_seconds)
     with transaction.atomic():
         released = transitions.job_unclaim(job=job, delay=delay)
     if released:
         accounting.delivery_waited_for_circuit(provider=job.provider, model=job.model, job_id=job.id, delay=delay)
     return f"waiting: every target's circuit is open; re-scheduled in {delay:.2f}s"
+
+
+def _redelivery_delay(wait_seconds: float) -> float:
+    """When a delivery that may not run yet (no rate-limit token, every circuit open) comes back: after the wait,
+    with jitter so the waiting deliveries do not all return at once."""
+    return max(wait_seconds, 0.05) + random.uniform(0, settings.AI_RATE_LIMIT_RETRY_SECONDS)
 
 
 def _release_connection() -> None:

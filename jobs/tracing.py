@@ -68,8 +68,9 @@ class _Call:
     """The provider call's span: current while the call runs (the HTTP client's spans are its children), ended
     at the call's end once its usage and cost are known (they are recorded after the call)."""
 
-    def __init__(self, span: trace.Span) -> None:
+    def __init__(self, span: trace.Span, model: str) -> None:
         self.span = span
+        self.model = model  # the routed target's: a fallback's, not the job's
         self.end_ns: int | None = None
         self.failed = False
         self._use = trace.use_span(span, end_on_exit=False)
@@ -128,7 +129,7 @@ class AttemptTrace:
         if self._content:
             attributes["gen_ai.input.messages"] = _messages("user", prompt)
         span = _tracer().start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
-        self._call = _Call(span)
+        self._call = _Call(span, model)
         return self._call
 
     def step(self, name: str):
@@ -140,7 +141,7 @@ class AttemptTrace:
         if call is None:
             return
         span = call.span
-        span.set_attribute("gen_ai.response.model", getattr(response, "model", None) or self.job.model)
+        span.set_attribute("gen_ai.response.model", call.model)  # providers report no model of their own
         if request_id:
             span.set_attribute("gen_ai.response.id", request_id)
         if usage is not None:

@@ -5,9 +5,9 @@ of ``AI_FALLBACKS``), ordered by its routing policy, skipping targets with no ke
 - ``cheapest``: by the price in force (usage.pricing) of a typical page request, unpriced targets last;
 - ``fastest``: by each target's recent p50 latency (jobs.routing.circuits, kept by the workers), unknown ones last.
 
-After an attempt that failed provider-side (circuits.provider_side) the next attempt starts at the target after the
-one that failed, so a job moves along its chain instead of retrying the target that just failed. When every
-target's circuit is open the pipeline hands the delivery back to wait, its attempt budget untouched.
+After an attempt that failed provider-side (circuits.FAILURES, and any RATE_LIMIT) the next attempt starts at the
+target after the one that failed, so a job moves along its chain instead of retrying the target that just failed.
+When every target's circuit is open the pipeline hands the delivery back to wait, its attempt budget untouched.
 
 ``AI_FALLBACKS`` holds default chains, ``;``-separated, each ``SOURCE=TARGET[,TARGET...]``: a source is
 ``provider:model`` (that model, any of its names) or ``provider`` (any model of it; a model's own entry wins), a
@@ -46,15 +46,7 @@ TYPICAL_PAGE_USAGE = Usage(prompt_tokens=1_500, completion_tokens=1_500)
 PRICE_CACHE_SECONDS = 60.0  # prices change by operator edits or a sync, not between two attempts
 # The errors after which the next attempt starts at the next target (the row keeps no Retry-After, so every
 # RATE_LIMIT counts: a target that asked us to slow down is worth stepping away from too).
-_MOVE_ON = frozenset(
-    {
-        ErrorType.TIMEOUT,
-        ErrorType.SERVICE_UNAVAILABLE,
-        ErrorType.PROVIDER_ERROR,
-        ErrorType.NETWORK_ERROR,
-        ErrorType.RATE_LIMIT,
-    }
-)
+_MOVE_ON = circuits.FAILURES | {ErrorType.RATE_LIMIT}
 
 
 def _same(a: Target, b: Target) -> bool:

@@ -44,7 +44,9 @@ RECENT_TTL_SECONDS = 3_600
 # While a probe is out, the others waiting on a half-open circuit look again this soon (the probe may close it).
 HALF_OPEN_RECHECK_SECONDS = 2.0
 
-_FAILURES = frozenset(
+# Provider-side failures: they open a circuit (RATE_LIMIT too when it came without a Retry-After), and after them a
+# job's next attempt goes to the next target of its chain (jobs.routing.chains).
+FAILURES = frozenset(
     {ErrorType.TIMEOUT, ErrorType.SERVICE_UNAVAILABLE, ErrorType.PROVIDER_ERROR, ErrorType.NETWORK_ERROR}
 )
 _ANSWERED = frozenset({ErrorType.VALIDATION_ERROR, ErrorType.CONTEXT_LENGTH, ErrorType.CONTENT_POLICY})
@@ -61,14 +63,9 @@ class Target(NamedTuple):
 def outcome_kind(error: Classified | None) -> str:
     if error is None or error.type in _ANSWERED:
         return "ok"
-    if error.type in _FAILURES or (error.type == ErrorType.RATE_LIMIT and not error.retry_after):
+    if error.type in FAILURES or (error.type == ErrorType.RATE_LIMIT and not error.retry_after):
         return "fail"
     return "neutral"
-
-
-def provider_side(error: Classified | None) -> bool:
-    """The failures that open a circuit, and after which a job's next attempt goes to the next target."""
-    return outcome_kind(error) == "fail"
 
 
 def _id(target: Target) -> str:
