@@ -21,21 +21,18 @@ from schedules.models import FiringOutcome, FiringTrigger, Schedule, ScheduleFir
 
 SKIPPED = "skipped"
 
-_CLAIM_SQL = None
+_META = ScheduleFiring._meta
+_CLAIM_COLUMNS = ", ".join(
+    _META.get_field(name).column for name in ("schedule", "scheduled_for", "fired_at", "trigger", "error")
+)
+_CLAIM_SQL = (
+    f"INSERT INTO {_META.db_table} ({_CLAIM_COLUMNS}, outcome) VALUES (%s, %s, %s, %s, '', %s) "
+    "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
+)
 
 
 def _claim(*, schedule: Schedule, scheduled_for: datetime, trigger: str, now: datetime) -> int | None:
     """The new firing's id, or None when that instant is already fired (or being fired, and it then commits)."""
-    global _CLAIM_SQL
-    if _CLAIM_SQL is None:
-        meta = ScheduleFiring._meta
-        columns = ", ".join(
-            meta.get_field(name).column for name in ("schedule", "scheduled_for", "fired_at", "trigger", "error")
-        )
-        _CLAIM_SQL = (
-            f"INSERT INTO {meta.db_table} ({columns}, outcome) VALUES (%s, %s, %s, %s, '', %s) "
-            "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
-        )
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL, [schedule.pk, scheduled_for, now, trigger, FiringOutcome.SUBMITTED])
         row = cursor.fetchone()

@@ -49,8 +49,9 @@ class TickReport:
         return {"at": self.at, **counts, "skipped": self.skipped, "pruned": self.pruned, "fired": self.fired}
 
 
-def scheduler_tick(*, now: datetime | None = None) -> TickReport:
-    """Fire every active schedule whose next_fire_at is at or before now, each for that instant, once."""
+def scheduler_tick(*, now: datetime | None = None, prune: bool = False) -> TickReport:
+    """Fire every active schedule whose next_fire_at is at or before now, each for that instant, once. Old firing
+    records are pruned at most once a minute, or now with ``prune``."""
     now = now or timezone.now()
     report = TickReport(at=now)
     for _ in range(MAX_BATCHES_PER_TICK):
@@ -80,16 +81,16 @@ def scheduler_tick(*, now: datetime | None = None) -> TickReport:
             )
         if len(due) < BATCH:
             break
-    report.pruned = _prune(now)
+    report.pruned = _prune(now, force=prune)
     metrics.scheduler_ticked(at=time.time())
     return report
 
 
-def _prune(now: datetime) -> int:
+def _prune(now: datetime, *, force: bool = False) -> int:
     """Firing records older than AI_SCHEDULE_FIRINGS_KEEP_DAYS, a bounded batch at most once a minute. The
     firing key needs no old rows: next_fire_at only moves forward, so an old instant never comes back."""
     global _last_prune
-    if time.monotonic() - _last_prune < PRUNE_EVERY_SECONDS:
+    if not force and time.monotonic() - _last_prune < PRUNE_EVERY_SECONDS:
         return 0
     _last_prune = time.monotonic()
     cutoff = now - timedelta(days=settings.AI_SCHEDULE_FIRINGS_KEEP_DAYS)

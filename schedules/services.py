@@ -10,11 +10,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from aipb.exceptions import Conflict, InvalidInput, NotFound
+from aipb.exceptions import Conflict, InvalidInput
 from audit.models import AuditAction
 from audit.records import Actor, audit_record, reason_checked
 from jobs.models import Priority
@@ -22,18 +21,9 @@ from jobs.submission import job_fields_clean
 from schedules.cron import next_fire, schedule_checked
 from schedules.firing import schedule_fire
 from schedules.models import FiringTrigger, Schedule, ScheduleFiring
+from schedules.selectors import schedule_get
 
 NAME_MAX = 200
-
-
-def _get(schedule_id: object, *, owner: AbstractBaseUser | None) -> Schedule:
-    qs = Schedule.objects.select_related("owner")
-    if owner is not None:
-        qs = qs.filter(owner=owner)
-    try:
-        return qs.get(id=schedule_id)
-    except (Schedule.DoesNotExist, ValueError, TypeError, ValidationError):  # ValidationError: a malformed UUID
-        raise NotFound(f"schedule {schedule_id} not found") from None
 
 
 def _audit(schedule: Schedule, *, actor: Actor | None, action: str, reason: str) -> None:
@@ -97,7 +87,7 @@ def schedule_delete(
 ) -> None:
     """``owner`` given: only that owner's schedule (another's is a 404). Its firing records go with it."""
     reason = reason_checked(reason)
-    schedule = _get(schedule_id, owner=owner)
+    schedule = schedule_get(user=owner, schedule_id=schedule_id)
     Schedule.objects.filter(pk=schedule.pk).delete()
     _audit(schedule, actor=actor, action=AuditAction.SCHEDULE_DELETE, reason=reason)
 
@@ -108,7 +98,7 @@ def schedule_pause(
 ) -> Schedule:
     """Stop firing until resumed. Pausing a paused schedule changes nothing and records nothing."""
     reason = reason_checked(reason)
-    schedule = _get(schedule_id, owner=owner)
+    schedule = schedule_get(user=owner, schedule_id=schedule_id)
     if Schedule.objects.filter(pk=schedule.pk, paused=False).update(
         paused=True, next_fire_at=None, updated_at=timezone.now()
     ):
@@ -123,7 +113,7 @@ def schedule_resume(
 ) -> Schedule:
     """Fire again from the first instant after now: what fell due while paused is not made up."""
     reason = reason_checked(reason)
-    schedule = _get(schedule_id, owner=owner)
+    schedule = schedule_get(user=owner, schedule_id=schedule_id)
     now = timezone.now()
     following = next_fire(schedule.cron, schedule.timezone, after=now)
     if Schedule.objects.filter(pk=schedule.pk, paused=True).update(
@@ -140,7 +130,7 @@ def schedule_run_now(
 ) -> ScheduleFiring:
     """Submit the schedule's job now, paused or not; the cron firings go on as before."""
     reason = reason_checked(reason)
-    schedule = _get(schedule_id, owner=owner)
+    schedule = schedule_get(user=owner, schedule_id=schedule_id)
     now = timezone.now()
     outcome, firing = schedule_fire(schedule=schedule, scheduled_for=now, trigger=FiringTrigger.MANUAL, now=now)
     if firing is None:  # deleted meanwhile, or a run-now at the very same microsecond

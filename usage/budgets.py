@@ -49,8 +49,6 @@ class Scope:
     ALL = (USER, GROUP, DEFAULT)
 
 
-
-
 def resets_at(month: date) -> datetime:
     """When a month's spend stops counting: midnight UTC on the 1st of the next month."""
     year, number = (month.year + 1, 1) if month.month == 12 else (month.year, month.month + 1)

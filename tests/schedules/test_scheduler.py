@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from jobs.models import AIJob, JobStatus
 from monitoring import metrics
-from schedules import scheduler, services
+from schedules import services
 from schedules.cron import next_fire
 from schedules.firing import schedule_fire
 from schedules.models import FiringOutcome, FiringTrigger, Schedule, ScheduleFiring
@@ -155,15 +155,14 @@ def test_a_tick_sets_the_last_tick_gauge(make_schedule, redis_conn):
     assert metrics.SCHEDULER_LAST_TICK._value.get() == pytest.approx(timezone.now().timestamp(), abs=30)
 
 
-def test_old_firing_records_are_pruned(make_schedule, redis_conn, settings, monkeypatch):
+def test_old_firing_records_are_pruned(make_schedule, redis_conn, settings):
     schedule = make_schedule()
     services.schedule_run_now(schedule_id=schedule.id)
     services.schedule_run_now(schedule_id=schedule.id)
     old, new = ScheduleFiring.objects.order_by("id")
     ScheduleFiring.objects.filter(pk=old.pk).update(fired_at=timezone.now() - timedelta(days=31))
-    monkeypatch.setattr(scheduler, "_last_prune", 0.0)
 
-    assert scheduler_tick().pruned == 1
+    assert scheduler_tick(prune=True).pruned == 1
     assert list(ScheduleFiring.objects.values_list("id", flat=True)) == [new.id]
 
 

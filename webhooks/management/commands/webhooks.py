@@ -6,10 +6,11 @@ deliveries Redis lost (reconcile runs it too).
 
 from __future__ import annotations
 
-from aipb.commands import OperatorCommand, choice, clip, parse_int
+from aipb.commands import OPERATOR, OperatorCommand, choice, clip, parse_int
 from audit.records import Actor
 from webhooks.delivery import webhook_delivery_resend, webhooks_sweep
-from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
+from webhooks.models import DeliveryStatus, EventType
+from webhooks.selectors import webhook_delivery_list
 from webhooks.serializers import WebhookDeliveryOutputSerializer
 
 URL_WIDTH = 40
@@ -38,11 +39,7 @@ class Command(OperatorCommand):
         status = choice(options["status"], option="--status", choices=DeliveryStatus.values)
         event_type = choice(options["event_type"], option="--event-type", choices=EventType.values)
         limit = parse_int(options["limit"], option="--limit", minimum=1, maximum=500)
-        qs = WebhookDelivery.objects.select_related("owner").order_by("-created_at", "-id")
-        if status:
-            qs = qs.filter(status=status)
-        if event_type:
-            qs = qs.filter(event_type=event_type)
+        qs = webhook_delivery_list(user=OPERATOR, filters={"status": status or None, "event_type": event_type or None})
         rows = WebhookDeliveryOutputSerializer(list(qs[:limit]), many=True).data
         if options["json"]:
             self.print_json(rows)
