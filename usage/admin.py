@@ -5,11 +5,12 @@ edits and deletes go through usage.budgets (validated, audited)."""
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, Max, Min, OuterRef, QuerySet
+from django.db.models import Exists, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.http import StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -22,7 +23,8 @@ from audit.models import AuditSource
 from audit.records import Actor
 from jobs import catalogue
 from usage import budgets, reports, services, spend_page
-from usage.models import Budget, ModelPrice, PriceSource, TokenUsage
+from usage.models import Budget, ModelPrice, MonthlySpend, PriceSource, TokenUsage
+from usage.recording import month_of
 
 # --- TokenUsage ---
 
@@ -376,8 +378,14 @@ class BudgetAdmin(admin.ModelAdmin):
     raw_id_fields = ("user",)
 
     def get_queryset(self, request):
-        self._spend = {(row["scope"], row["name"]): row["spent_usd"] for row in budgets.budget_list()}
-        return super().get_queryset(request)
+        # this month's spend of each row's holder, in the list's one query (not kept on the admin: it is shared
+        # by every request)
+        month = MonthlySpend.objects.filter(month=month_of(timezone.now()))
+        spent = month.filter(
+            Q(user_id=OuterRef("user_id"), user_id__isnull=False)
+            | Q(group_id=OuterRef("group_id"), group_id__isnull=False)
+        ).values("spent_usd")[:1]
+        return super().get_queryset(request).annotate(spent=Subquery(spent))
 
     @admin.display(description="user or group")
     def holder(self, obj: Budget) -> str:
@@ -385,8 +393,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="spent this month (USD)")
     def spent_this_month(self, obj: Budget) -> str:
-        key = ("user", obj.user.get_username()) if obj.user_id else ("group", obj.group.name)
-        return getattr(self, "_spend", {}).get(key) or "0"
+        return budgets.usd(getattr(obj, "spent", None) or Decimal(0))
 
     def get_readonly_fields(self, request, obj=None):
         return ("user", "group") if obj else ()

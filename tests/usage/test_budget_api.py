@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -14,7 +15,8 @@ from jobs.models import AIJob
 from jobs.queues import get_queue
 from tests.factories import UserFactory
 from usage import budgets
-from usage.models import Budget
+from usage.models import Budget, MonthlySpend
+from usage.recording import month_of
 
 from .conftest import record
 
@@ -168,3 +170,19 @@ def test_the_admin_refuses_bad_input(admin_client, user, form, message):
 def test_the_admin_is_for_staff_with_permission(user_client, staff_client):
     assert user_client.get("/admin/usage/budget/").status_code == 302  # to the login page
     assert staff_client.get("/admin/usage/budget/").status_code == 403  # staff without the budget permissions
+
+
+def test_the_admin_list_shows_each_holders_spend_this_month(admin_client, user):
+    team = Group.objects.create(name="design")
+    budgets.budget_set(user=user.username, monthly_usd="1")
+    budgets.budget_set(group="design", monthly_usd="5")
+    month = month_of(timezone.now())
+    MonthlySpend.objects.create(user=user, month=month, spent_usd=Decimal("0.0125"))
+    MonthlySpend.objects.create(group=team, month=month, spent_usd=Decimal("2.5"))
+    MonthlySpend.objects.create(group=team, month=month.replace(year=month.year - 1), spent_usd=Decimal("9"))
+
+    cells = re.findall(
+        r'<td class="field-spent_this_month">([^<]*)</td>', admin_client.get("/admin/usage/budget/").content.decode()
+    )
+
+    assert sorted(cells) == ["0.0125", "2.5"]  # last year's spend of the group is not this month's
