@@ -58,6 +58,15 @@ def _run_at(delay: float) -> datetime:
     return at
 
 
+# Every delivery's RQ job: kept past the lease (RQ's timeout only backs up ours), its result briefly, a failure a day.
+RESULT_TTL = 600
+FAILURE_TTL = 86_400
+
+
+def _job_timeout() -> int:
+    return int(settings.AI_LEASE_SECONDS) + 30
+
+
 def enqueue_delivery(
     *,
     job_id: str,
@@ -71,54 +80,26 @@ def enqueue_delivery(
     """Put one delivery of a job on its queue; the RQ job carries ids (and the provider, so the worker
     can take a rate-limit token before it touches the database). With its owner's rate limit
     (jobs.fairness) it waits outside the queue while the owner has as many deliveries queued or running."""
+    if delay <= 0:  # now: the same RQ job as a batch's, through the same one pipeline
+        deliveries_enqueue([(job_id, rq_job_id, priority, provider)], rate_limit=rate_limit, connection=connection)
+        return
     queue = get_queue(queue_name(priority), connection)
-    kwargs = {
-        "job_id": rq_job_id,
-        "job_timeout": int(settings.AI_LEASE_SECONDS) + 30,
-        "result_ttl": 600,
-        "failure_ttl": 86_400,
-        "description": f"ai job {job_id}",
-    }
     # One pipeline: RQ otherwise sends the queue's registration and the job as two round trips.
     with queue.connection.pipeline() as pipe:
-        if delay > 0:
-            queue.enqueue_at(
-                _run_at(delay),
-                "jobs.rq_jobs.run_job",
-                job_id,
-                rq_job_id,
-                provider,
-                pipeline=pipe,
-                rate_limit=rate_limit,
-                **kwargs,
-            )
-        elif rate_limit is not None:
-            # RQ's enqueue refuses a pipeline for a rate-limited job; its scheduler and dependency code enqueue
-            # one on a pipeline with this call (the job saved as rate_limited, then the promotion script), and so
-            # do we, to keep the enqueue one round trip.
-            job = queue.create_job(
-                "jobs.rq_jobs.run_job",
-                args=(job_id, rq_job_id, provider),
-                job_id=rq_job_id,
-                timeout=kwargs["job_timeout"],
-                result_ttl=kwargs["result_ttl"],
-                failure_ttl=kwargs["failure_ttl"],
-                description=kwargs["description"],
-                rate_limit=rate_limit,
-            )
-            pipe.sadd(queue.redis_queues_keys, queue.key)
-            queue._enqueue_rate_limited_job(job, pipeline=pipe)
-            # redis-py asks Redis whether the promotion script is loaded (SCRIPT EXISTS, one more round trip)
-            # before every pipeline that runs one; it is, after the first. When it is not (a restarted Redis), the
-            # rest of the transaction is applied and the promotion runs again on its own, loading the script.
-            pipe.scripts.clear()
-            try:
-                pipe.execute()
-            except NoScriptError:
-                RateLimitRegistry.from_job(job).acquire_and_enqueue(rate_limit.concurrency)
-            return
-        else:
-            queue.enqueue("jobs.rq_jobs.run_job", job_id, rq_job_id, provider, pipeline=pipe, **kwargs)
+        queue.enqueue_at(
+            _run_at(delay),
+            "jobs.rq_jobs.run_job",
+            job_id,
+            rq_job_id,
+            provider,
+            pipeline=pipe,
+            rate_limit=rate_limit,
+            job_id=rq_job_id,
+            job_timeout=_job_timeout(),
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            description=f"ai job {job_id}",
+        )
         pipe.execute()
 
 
@@ -136,9 +117,9 @@ def deliveries_enqueue(
                 "jobs.rq_jobs.run_job",
                 args=(job_id, rq_job_id, provider),
                 job_id=rq_job_id,
-                timeout=int(settings.AI_LEASE_SECONDS) + 30,
-                result_ttl=600,
-                failure_ttl=86_400,
+                timeout=_job_timeout(),
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
                 description=f"ai job {job_id}",
             )
         )
@@ -156,7 +137,8 @@ def deliveries_enqueue(
 
 def _rate_limited_enqueue_many(conn, by_queue: dict[str, list], rate_limit: RateLimit) -> int:
     """Each job saved as rate_limited in its owner's waiting set, the free slots filled after each, all in one
-    pipeline (what enqueue_delivery does for one; RQ's enqueue_many takes no rate limit)."""
+    pipeline. RQ's enqueue takes no pipeline for a rate-limited job and enqueue_many no rate limit; its scheduler
+    and dependency code enqueue one on a pipeline this way (the job saved as rate_limited, then the promotion)."""
     jobs = []
     with conn.pipeline() as pipe:
         for name, datas in by_queue.items():
@@ -175,7 +157,10 @@ def _rate_limited_enqueue_many(conn, by_queue: dict[str, list], rate_limit: Rate
                 )
                 queue._enqueue_rate_limited_job(job, pipeline=pipe)  # saved waiting, then a promotion each
                 jobs.append(job)
-        pipe.scripts.clear()  # as in enqueue_delivery: no SCRIPT EXISTS round trip
+        # redis-py asks Redis whether the promotion script is loaded (SCRIPT EXISTS, one more round trip) before
+        # every pipeline that runs one; it is, after the first. When it is not (a restarted Redis), the rest of the
+        # transaction is applied and the promotion runs again on its own, loading the script.
+        pipe.scripts.clear()
         try:
             pipe.execute()
         except NoScriptError:
