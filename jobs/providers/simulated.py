@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
 
-from aipb.redis_client import get_redis
+from redis.exceptions import RedisError
+
+from aipb.redis_client import best_effort, get_redis
 from jobs.providers.base import CallContext, Provider, ProviderError, ProviderResponse, Usage
 from jobs.providers.local import LocalProvider
 
@@ -66,6 +69,8 @@ def validate_simulate_options(value: object) -> dict:
     return cleaned
 
 
+logger = logging.getLogger(__name__)
+
 OUTAGE_MAX_SECONDS = 86_400
 # How long a process trusts what it last read of a model's outage switch: one Redis read per model per second,
 # not per call (the benchmarks run on this provider); a switch flipped shows within this long.
@@ -96,11 +101,18 @@ def outage_remaining(*, model: str) -> int | None:
 
 
 def _in_outage(model: str) -> bool:
+    """Whether the model's outage switch is on. Without Redis the switch reads as it last did (off when never
+    read): the switch is a drill's tool, and a Redis outage must not fail the call it rides on (an attempt's
+    error that is not the provider's own is not retryable, so the job would die of it)."""
     now = time.monotonic()
     seen = _outage_seen.get(model)
     if seen is not None and seen[0] > now:
         return seen[1]
-    down = bool(get_redis().exists(_outage_key(model)))
+    try:
+        down = bool(best_effort(lambda client: client.exists(_outage_key(model))))
+    except RedisError as exc:
+        down = seen[1] if seen is not None else False
+        logger.warning("simulated: outage switch of %s unread (%s); taken as %s", model, exc, "on" if down else "off")
     with _outage_lock:
         _outage_seen[model] = (now + OUTAGE_RECHECK_SECONDS, down)
     return down
