@@ -104,7 +104,16 @@ def check_books(
     )
     attempts: dict = defaultdict(list)
     for row in JobAttempt.objects.using(using).values(
-        "job_id", "number", "outcome", "validation_passed", "prompt_tokens", "completion_tokens", "provider", "model"
+        "job_id",
+        "number",
+        "outcome",
+        "error_type",
+        "error_message",
+        "validation_passed",
+        "prompt_tokens",
+        "completion_tokens",
+        "provider",
+        "model",
     ):
         attempts[row["job_id"]].append(row)
     usage: dict = defaultdict(list)
@@ -134,7 +143,13 @@ def check_books(
         if any(a["outcome"] == AttemptOutcome.ABANDONED for a in mine):
             touched += 1
         elif expected and job["idempotency_key"] in expected and expected[job["idempotency_key"]] != status:
-            problems.append(f"{jid}: {status}, but its faults say {expected[job['idempotency_key']]} (not touched)")
+            story = "; ".join(
+                f"#{a['number']} {a['outcome']} {a['error_type']} {a['error_message'][:80]!r}" for a in mine
+            )
+            problems.append(
+                f"{jid}: {status} ({job['error_type']}), but its faults say {expected[job['idempotency_key']]} "
+                f"(not touched); attempts: {story}"
+            )
 
         if status not in FINAL_STATUSES:
             problems.append(f"{jid}: not final ({status})")
