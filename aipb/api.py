@@ -17,6 +17,8 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from aipb import prepared
+
 
 class StrictSerializer(serializers.Serializer):
     """Unknown fields are an error, not silently dropped (once the known ones are valid)."""
@@ -212,9 +214,10 @@ class PreparedGet:
     """``model.objects.select_related(related).get(**where)`` (``related`` a required foreign key: the join is
     INNER) with its SQL written once per process: Django compiles a query every time one runs, and for these
     short joins its compiler costs more CPU (0.2-0.4 ms) than Postgres spends answering (bench.api's profile
-    mode). ``where`` names fields that together match at most one row (a unique key); values are prepared for
-    the database as the ORM prepares them (so a malformed UUID raises as it would there), and columns the ORM
-    converts on the way out (JSON) are converted alike."""
+    mode), and the statement is prepared on its connection (aipb.prepared). ``where`` names fields that together
+    match at most one row (a unique key); values are prepared for the database as the ORM prepares them (so a
+    malformed UUID raises as it would there), and columns the ORM converts on the way out (JSON) are converted
+    alike."""
 
     def __init__(self, model: type[Model], *, related: str, where: tuple[str, ...]) -> None:
         self.model = model
@@ -257,7 +260,7 @@ class PreparedGet:
             field.get_db_prep_value(value.pk if isinstance(value, Model) else value, connection)
             for field, value in zip(plan.where, (values[name] for name in self.where), strict=True)
         ]
-        with connection.cursor() as cursor:
+        with prepared.cursor(plan.db) as cursor:
             cursor.execute(plan.sql, params)
             row = cursor.fetchone()
         if row is None:

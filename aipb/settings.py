@@ -121,6 +121,15 @@ if DATABASE_POOL_MAX_SIZE:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections; Django must not
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": DATABASE_POOL_MAX_SIZE, "timeout": 30}
 
+# aipb.prepared: the hot paths' hand-written statements (a POST's admission, an attempt's claim and end) are
+# prepared once per connection. psycopg prepares nothing unless a threshold is set: this one is never reached by
+# counting (Django's cursors bind on the client and never prepare), so only the statements that ask are prepared.
+# 0 for a connection pooler that cannot keep prepared statements (PgBouncer before 1.21, or without
+# max_prepared_statements in transaction mode): the statements then run as any other.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
+if DATABASE_PREPARED_STATEMENTS:
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTHENTICATION_BACKENDS = [
     # first: refuses a locked-out username+address before any password is checked

@@ -22,10 +22,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from functools import cache
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from rq.rate_limit import RateLimit, RateLimitRegistry
 
 from aipb.exceptions import Forbidden, TooManyQueued
@@ -51,18 +53,41 @@ def queued_check(*, owner: AbstractBaseUser, adding: int = 1) -> None:
     """Refuse `adding` new jobs (one, or a batch's) when the owner would have more than AI_USER_MAX_QUEUED waiting:
     one COUNT over the partial index of waiting jobs (aijob_owner_waiting), bounded by LIMIT, so it costs the same
     for a user with a million finished jobs. Two submissions racing at the cap may both pass: the cap bounds a
-    backlog, not exactly."""
+    backlog, not exactly. A single job's submission runs the same count inside its INSERT (jobs.admission)."""
     cap = settings.AI_USER_MAX_QUEUED
     if cap <= 0:
         return
-    waiting = AIJob.objects.filter(owner=owner, status__in=WAITING_STATUSES).values("pk")[:cap].count()
-    if waiting + adding > cap:
-        what = "a job" if adding == 1 else f"{adding} jobs"
-        raise TooManyQueued(
-            f"you have {waiting} jobs waiting and may have at most {cap}: {what} more would pass it; "
-            "submit once some have started",
-            details={"limit": cap, "waiting": waiting, "adding": adding},
-        )
+    with connection.cursor() as cursor:
+        cursor.execute(waiting_count_sql(), {"owner": owner.pk, "cap": cap})
+        (waiting,) = cursor.fetchone()
+    queued_enforce(waiting=waiting, adding=adding)
+
+
+@cache
+def waiting_count_sql() -> str:
+    """One row, one column ``waiting``: the jobs of user ``%(owner)s`` that wait, counted up to ``%(cap)s`` (a
+    whole number, 0 or more)."""
+    qn = connection.ops.quote_name
+    meta = AIJob._meta
+    statuses = ", ".join(f"'{status}'" for status in WAITING_STATUSES)  # the partial index's own list, in order
+    return (
+        f"SELECT COUNT(*) AS waiting FROM (SELECT 1 FROM {qn(meta.db_table)} "
+        f"WHERE {qn(meta.get_field('owner').column)} = %(owner)s AND {qn(meta.get_field('status').column)} "
+        f"IN ({statuses}) LIMIT %(cap)s) AS waiting_jobs"
+    )
+
+
+def queued_enforce(*, waiting: int, adding: int = 1) -> None:
+    """TooManyQueued when `adding` jobs on top of the owner's `waiting` ones would pass AI_USER_MAX_QUEUED."""
+    cap = settings.AI_USER_MAX_QUEUED
+    if cap <= 0 or waiting + adding <= cap:
+        return
+    what = "a job" if adding == 1 else f"{adding} jobs"
+    raise TooManyQueued(
+        f"you have {waiting} jobs waiting and may have at most {cap}: {what} more would pass it; "
+        "submit once some have started",
+        details={"limit": cap, "waiting": waiting, "adding": adding},
+    )
 
 
 _overrides_lock = threading.Lock()

@@ -31,7 +31,7 @@ from jobs.schema import PageInvalid, parse_page
 from jobs.transitions import AttemptRecord
 from usage.budgets import budget_check
 from usage.recording import usage_record_durable
-from webhooks.records import webhook_job_ended
+from webhooks.records import webhook_event_wanted, webhook_job_ended
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def _wait_for_circuit(job: AIJob, route: Route) -> str:
         released = transitions.job_unclaim(job=job, delay=delay)
     if released:
         accounting.delivery_waited_for_circuit(provider=job.provider, model=job.model, job_id=job.id, delay=delay)
+        job_tracing.circuit_waited(job=job, wait_seconds=route.wait_seconds, delay=delay)
     return f"waiting: every target's circuit is open; re-scheduled in {delay:.2f}s"
 
 
@@ -131,6 +132,7 @@ def _attempt(job: AIJob, route: Route, traced=job_tracing.NO_ATTEMPT) -> str:
     number = job.attempts
     target = route.target
     accounting.attempt_routed(route=route)
+    traced.routed(route)
     started_at = timezone.now()
     started = time.monotonic()
     response = None
@@ -276,22 +278,43 @@ def _recorded_already(job: AIJob, record: AttemptRecord) -> _Recorded | None:
     return _Recorded(outcome=outcome, status=AIJob.objects.values_list("status", flat=True).get(id=job.id))
 
 
-@transaction.atomic
 def _record(job: AIJob, record: AttemptRecord, page: dict | None, classified: Classified | None) -> _Recorded:
-    """The attempt's end in one transaction: state change, attempt row, dead letter."""
-    delay = None
+    """The attempt's end in one transaction: state change and attempt row (one statement), dead letter, outbox.
+    When that one statement is all of it (a success or a retry with no event for the outbox) it is its own
+    transaction, without a BEGIN and a COMMIT around it."""
+    delay = None if classified is None else _retry_delay(job, classified)
     if classified is None:
+        ending = JobStatus.SUCCEEDED
+    else:
+        ending = JobStatus.RETRYING if delay is not None else JobStatus.DEAD
+    if ending == JobStatus.DEAD or webhook_event_wanted(job=job, status=ending):
+        with transaction.atomic():
+            return _record_end(job, record, page, classified, ending=ending, delay=delay)
+    return _record_end(job, record, page, classified, ending=ending, delay=delay)
+
+
+def _record_end(
+    job: AIJob,
+    record: AttemptRecord,
+    page: dict | None,
+    classified: Classified | None,
+    *,
+    ending: str,
+    delay: float | None,
+) -> _Recorded:
+    if ending == JobStatus.SUCCEEDED:
         status = JobStatus.SUCCEEDED if transitions.job_succeed(job=job, record=record, page=page) else None
-    elif (delay := _retry_delay(job, classified)) is not None:
+    elif ending == JobStatus.RETRYING:
         applied = transitions.job_retry_later(job=job, record=record, error=classified, delay=delay)
         status = JobStatus.RETRYING if applied else None
     else:
         status = JobStatus.DEAD if transitions.job_die(job=job, record=record, error=classified) else None
-    if status is None:
+    if status is None:  # the attempt lost its lease: its row only (job_* wrote it with the change otherwise)
         outcome = AttemptOutcome.ABANDONED
+        created = transitions.attempt_save(job=job, record=record, outcome=outcome, error=classified)
     else:
         outcome = AttemptOutcome.SUCCEEDED if classified is None else AttemptOutcome.FAILED
-    created = transitions.attempt_save(job=job, record=record, outcome=outcome, error=classified)
+        created = True
     entry = None
     if status == JobStatus.DEAD:
         job.refresh_from_db()

@@ -1,16 +1,17 @@
 """Submission: validate a new job, write its row and its attempt budget in one transaction, enqueue on commit.
 
-That transaction is the INSERT itself: outside a caller's transaction the row is written in autocommit, so a
-submission writes with one statement and one round trip (``transaction.atomic`` would add BEGIN and COMMIT, two
-more round trips, around the one write), and ``on_commit`` enqueues as soon as it returns. Before it, one SELECT
-reads the owner's spending limits (usage.budgets); a reached one refuses the submission with nothing written.
-Inside a caller's transaction the row joins it and is enqueued when the caller commits."""
+That transaction is one statement (jobs.admission): the INSERT, with the reads that could refuse it (a repeated
+Idempotency-Key, the owner's waiting cap, the owner's spending limits) in the same statement. Outside a caller's
+transaction it runs in autocommit, one round trip (``transaction.atomic`` would add BEGIN and COMMIT, two more,
+around the one write), and ``on_commit`` enqueues as soon as it returns; a refusal writes nothing. Inside a
+caller's transaction the row joins it and is enqueued when the caller commits."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from contextlib import nullcontext
 from typing import TypeVar
 
 from django.conf import settings
@@ -20,13 +21,13 @@ from redis.exceptions import RedisError
 
 from aipb.exceptions import Conflict, IntakeClosed, InvalidInput
 from aipb.redis_client import best_effort
-from jobs import catalogue, fairness, queues
+from jobs import catalogue, queues
+from jobs.admission import job_admit
 from jobs.models import MAX_ATTEMPTS_LIMIT, AIJob, Priority
 from jobs.providers.simulated import validate_simulate_options
 from jobs.routing.chains import fallbacks_clean, policy_clean
 from jobs.tracing import submission_traceparent
 from jobs.transitions import enqueue_on_commit, next_delivery
-from usage.budgets import budget_check
 from webhooks.records import webhook_secret_ensure, webhook_spec_clean
 
 MAX_OPTIONS_DEPTH = 5
@@ -206,29 +207,25 @@ def job_submit(
         fallbacks=fallbacks,
         routing_policy=routing_policy,
     )
-    if idempotency_key is not None:
-        existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return idempotent_replay(existing, job.request_fingerprint), False
-
-    fairness.queued_check(owner=owner)
-    budget_check(user_id=owner.pk, stage="submit")  # 429 budget_exceeded, nothing written
-    if job.webhook:
-        webhook_secret_ensure(owner=owner)  # its events are signed with it; the owner can fetch it by rotating
-    try:
-        if idempotency_key is not None and connection.in_atomic_block:
-            with transaction.atomic():  # a savepoint: a collision must not doom the caller's transaction
-                job.save(force_insert=True)
-        else:
-            job.save(force_insert=True)  # nothing can collide, or a collision fails only its own statement
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        # two requests with one key raced; the other one's row is committed or about to be
-        existing = AIJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-        if existing is None:
-            raise
-        return idempotent_replay(existing, job.request_fingerprint), False
+    fingerprint = job.request_fingerprint
+    # a webhook's events are signed with the owner's secret: made with the row, in its transaction, so that a
+    # refusal writes neither (the owner can fetch it by rotating)
+    with transaction.atomic() if job.webhook else nullcontext():
+        try:
+            if idempotency_key is not None and connection.in_atomic_block:
+                with transaction.atomic():  # a savepoint: a collision must not doom the caller's transaction
+                    admission = job_admit(job)
+            else:
+                admission = job_admit(job)  # nothing can collide, or a collision fails only its own statement
+        except IntegrityError:
+            replayed = key_race_replay(AIJob, owner=owner, idempotency_key=idempotency_key, fingerprint=fingerprint)
+            if replayed is None:
+                raise
+            return replayed, False
+        if admission.existing is not None:
+            return idempotent_replay(admission.existing, fingerprint), False
+        if job.webhook:
+            webhook_secret_ensure(owner=owner)
     enqueue_on_commit(job, fail_fast=True)
     return job, True
 
@@ -249,6 +246,18 @@ def intake_check() -> None:
             details={"closed_at": closed.get("at"), "reason": closed.get("reason", "")},
             retry_after=INTAKE_RETRY_AFTER_SECONDS,
         )
+
+
+def key_race_replay(
+    model: type[T], *, owner: AbstractBaseUser, idempotency_key: str | None, fingerprint: str
+) -> T | None:
+    """After an IntegrityError writing a job or a batch: two requests with one Idempotency-Key raced and the other
+    one's row is committed; that row, replayed (Conflict if the bodies differ). None when there is no such row: the
+    error was something else, for the caller to raise."""
+    if idempotency_key is None:
+        return None
+    existing = model.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+    return None if existing is None else idempotent_replay(existing, fingerprint)
 
 
 def idempotent_replay(existing: T, fingerprint: str) -> T:

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cache
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -27,6 +28,7 @@ from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.utils import timezone
 
+from aipb import prepared
 from aipb.exceptions import DATABASE_UNAVAILABLE, InvalidInput, NotFound
 from audit.models import AuditAction
 from audit.records import Actor, audit_record
@@ -110,10 +112,15 @@ def _tables() -> dict[str, str]:
     }
 
 
-def _limits_sql() -> str:
+@cache
+def limits_sql() -> str:
+    """The rows of a user's limits with this month's spend: (scope, name, limit_usd, soft_percent, spent_usd), the
+    user's own first (its limit null when they have none), then each of their groups' that has one, by name.
+    Parameters ``limits_params``'s; written once per process."""
     t = _tables()
     return f"""
-        SELECT 'user', u.{t["username"]}, b.monthly_usd, b.soft_percent, COALESCE(s.spent_usd, 0)
+        SELECT 'user' AS scope, u.{t["username"]} AS name, b.monthly_usd AS limit_usd, b.soft_percent AS soft_percent,
+               COALESCE(s.spent_usd, 0) AS spent_usd
         FROM {t["users"]} u
         LEFT JOIN {t["budget"]} b ON b.user_id = u.id
         LEFT JOIN {t["spend"]} s ON s.user_id = u.id AND s.group_id IS NULL AND s.month = %(month)s
@@ -129,13 +136,31 @@ def _limits_sql() -> str:
     """
 
 
-def budget_limits(*, user_id: int, at: datetime | None = None) -> list[Limit]:
-    """The limits that hold a user this month with their spend, their own (or the default) first; empty when
-    none does. One statement."""
-    month = month_of(at or timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(_limits_sql(), {"month": month, "user": user_id})
-        rows = cursor.fetchall()
+def limits_order(alias: str) -> str:
+    """``limits_sql``'s order, for a statement that joins its rows as ``alias``."""
+    return f"{alias}.scope DESC, {alias}.name"
+
+
+def limits_params(*, user_id: int, at: datetime | None = None) -> dict:
+    """The parameters of ``limits_sql`` and ``limit_reached_sql`` for a user, this month (or ``at``'s)."""
+    return {
+        "month": month_of(at or timezone.now()),
+        "user": user_id,
+        "default_usd": settings.AI_BUDGET_DEFAULT_MONTHLY_USD,
+    }
+
+
+def limit_reached_sql(relation: str) -> str:
+    """SQL that is true when a row of ``relation`` (``limits_sql``'s rows) is a reached limit, as
+    ``Limit.exhausted`` judges it: the default (AI_BUDGET_DEFAULT_MONTHLY_USD) stands for a user's missing own."""
+    return (
+        f"EXISTS (SELECT 1 FROM {relation} AS l WHERE l.spent_usd >= COALESCE(l.limit_usd, %(default_usd)s::numeric))"
+    )
+
+
+def limits_read(rows: list[tuple], *, month: date) -> list[Limit]:
+    """``limits_sql``'s rows as the limits that hold the user (a user without an own limit is held to the
+    default, if there is one)."""
     ends = resets_at(month)
     limits = []
     for scope, name, limit_usd, soft_percent, spent in rows:
@@ -151,9 +176,20 @@ def budget_limits(*, user_id: int, at: datetime | None = None) -> list[Limit]:
     return limits
 
 
+def budget_limits(*, user_id: int, at: datetime | None = None) -> list[Limit]:
+    """The limits that hold a user this month with their spend, their own (or the default) first; empty when
+    none does. One statement."""
+    params = limits_params(user_id=user_id, at=at)
+    with prepared.cursor() as cursor:
+        cursor.execute(limits_sql(), params)
+        rows = cursor.fetchall()
+    return limits_read(rows, month=params["month"])
+
+
 def budget_check(*, user_id: int, stage: str) -> None:
     """Raise BudgetExceeded naming the first limit of the user's that is reached. ``stage`` (submit or
-    pipeline) labels the refusal's metric.
+    pipeline) labels the refusal's metric. (A single job's submission reads the limits inside its INSERT,
+    jobs.admission, and calls ``budget_enforce``.)
 
     In the pipeline a Postgres that went away since the claim lets the call go ahead (its usage is spooled and
     counted on replay) rather than killing the job with an UNKNOWN error; at submit the INSERT would fail anyway,
@@ -165,6 +201,12 @@ def budget_check(*, user_id: int, stage: str) -> None:
             raise
         log.warning("budget of user %s not checked: Postgres unavailable (%s)", user_id, exc)
         return
+    budget_enforce(limits, stage=stage)
+
+
+def budget_enforce(limits: list[Limit], *, stage: str) -> None:
+    """Raise BudgetExceeded (429, with the limit as details and Retry-After until it resets) naming the first of
+    ``limits`` that is reached, its refusal counted in the metric under ``stage``."""
     for limit in limits:
         if limit.exhausted:
             metrics.budget_refused(scope=limit.scope, stage=stage)

@@ -27,6 +27,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils.dateparse import parse_datetime
 
+from aipb import prepared
 from aipb.exceptions import DATABASE_UNAVAILABLE
 from aipb.redis_client import get_redis
 from jobs.catalogue import canonical_model
@@ -118,7 +119,7 @@ def _insert(**fields) -> Decimal | None:
         f"VALUES ({', '.join(['%s'] * len(_USAGE_COLUMNS))}) ON CONFLICT DO NOTHING RETURNING owner_id, cost)"
         + _add_to_spend_sql()
     )
-    with connection.cursor() as cursor:
+    with prepared.cursor() as cursor:
         cursor.execute(sql, [*(getattr(row, column) for column in _USAGE_COLUMNS), month_of(row.created_at)])
     return row.cost
 

@@ -224,6 +224,31 @@ def test_the_waiting_count_is_one_statement_bounded_by_limit_on_the_partial_inde
     assert "aijob_owner_waiting" in plan, plan
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_submission_counts_waiting_jobs_inside_its_insert_on_the_partial_index(settings, user, redis_conn):
+    settings.AI_USER_MAX_QUEUED = 1000
+    AIJobFactory.create_batch(2000, owner=user, status=JobStatus.SUCCEEDED)
+    AIJobFactory.create_batch(3, owner=user, status=JobStatus.QUEUED)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_aijob")
+    executed = []
+
+    def record(execute, sql, params, many, context):
+        executed.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        submit_job(user, simulate={})
+    [(sql, params)] = executed  # the admission statement, prepared: its text has placeholders, not values
+    sql = connection.ops.compose_sql(sql, params)
+    assert "INSERT" in sql and "LIMIT 1000" in sql
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql)  # not run: EXPLAIN plans the INSERT without making the row
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "aijob_owner_waiting" in plan, plan
+    assert AIJob.objects.filter(status=JobStatus.QUEUED).count() == 4
+
+
 # --- the per-user cap on deliveries in flight ---
 
 
@@ -385,7 +410,7 @@ def test_with_the_cap_on_a_submission_still_costs_two_redis_round_trips(in_fligh
     assert response.status_code == 201
     # the throttle's script, then the delivery saved as rate_limited and RQ's promotion script in one pipeline
     assert c.counts.redis_round_trips == 2, c.counts.redis_log
-    assert c.counts.sql == 4  # the token, the waiting jobs, the owner's limits (usage.budgets), the INSERT
+    assert c.counts.sql == 2  # the token, then the INSERT with the waiting count and the limits in it (jobs.admission)
 
     # a Redis that lost its scripts (restarted): the delivery is saved, then promoted on its own
     redis_conn.script_flush()

@@ -101,6 +101,10 @@ def test_an_idempotent_replay_returns_the_first_job_and_enqueues_nothing(user, o
     again, created_again = job_submit(owner=user, prompt="Same page", priority="high", idempotency_key="k-1")
 
     assert (created, created_again) == (True, False) and again.id == first.id
+    # the row the submission's statement read back (jobs.admission) is the row as the ORM reads it
+    stored = AIJob.objects.get(id=first.id)
+    assert all(getattr(again, f.attname) == getattr(stored, f.attname) for f in AIJob._meta.concrete_fields)
+    assert again.options == {} and again.created_at.tzinfo is not None and not again._state.adding
     assert AIJob.objects.count() == 1 and get_queue("ai-high").job_ids == [str(first.id)]
     with pytest.raises(Conflict, match="Idempotency-Key was already used with a different request body"):
         job_submit(owner=user, prompt="Another page", priority="high", idempotency_key="k-1")

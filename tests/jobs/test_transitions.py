@@ -212,14 +212,21 @@ ENDS = {JobStatus.SUCCEEDED: _succeed, JobStatus.RETRYING: _retry, JobStatus.DEA
 def test_an_attempt_ends_a_job_only_while_it_holds_it(db, user, state, end):
     job = make(state, user)
     before = row(job)
+    attempts_before = list(JobAttempt.objects.filter(job=job).values())
 
     won = ENDS[end](job, record(job))
 
     if state != JobStatus.RUNNING:
         assert won is False and row(job) == before
+        assert list(JobAttempt.objects.filter(job=job).values()) == attempts_before, "no attempt row without it"
         return
     after = row(job)
     assert won and after["status"] == end and after["lease_expires_at"] is None
+    # the attempt's row, written by the same statement as the change
+    [attempt] = JobAttempt.objects.filter(job=job).values("number", "outcome", "error_type", "latency_ms")
+    outcome = AttemptOutcome.SUCCEEDED if end == JobStatus.SUCCEEDED else AttemptOutcome.FAILED
+    error_type = "" if end == JobStatus.SUCCEEDED else "SERVICE_UNAVAILABLE"
+    assert attempt == {"number": before["attempts"], "outcome": outcome, "error_type": error_type, "latency_ms": 120}
     assert after["attempts"] == before["attempts"]  # the claim counted the attempt, the end does not
     if end == JobStatus.SUCCEEDED:
         assert after["result"]["title"] == "A page" and after["finished_at"] and after["error_type"] == ""
@@ -242,8 +249,10 @@ def test_an_attempt_that_lost_its_lease_ends_nothing(db, user, end, settings):
     job.refresh_from_db()
     before = row(job)
 
+    attempts_before = list(JobAttempt.objects.filter(job=job).values())
     assert ENDS[end](job, first) is False
     assert row(job) == before and before["status"] == JobStatus.RUNNING and before["attempts"] == 2
+    assert list(JobAttempt.objects.filter(job=job).values()) == attempts_before, "no row for the late end"
 
 
 def test_a_retry_is_delivered_after_its_delay_on_commit(db, user, django_capture_on_commit_callbacks):
@@ -596,7 +605,7 @@ def test_the_scan_sees_every_technique_the_writer_itself_uses():
     found = status_writes((ROOT / THE_WRITER).read_text(), THE_WRITER)
     assert {write.function for write in found} >= {
         "job_claim",  # raw UPDATE ... RETURNING
-        "_finish_running",  # .update(**changes) on an AIJob queryset
+        "_finish_sql",  # raw WITH ... UPDATE ... RETURNING, built once per set of columns
         "job_expire_lease",  # .update(status=...) through a variable, and the in-memory job.status
         "job_cancel_waiting",
         "jobs_cancel_deliveries",  # raw UPDATE ... FROM unnest(...)
