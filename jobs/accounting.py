@@ -12,15 +12,21 @@ import logging
 from collections.abc import Collection, Iterable
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
+
+from django.db import transaction
 
 from aipb.logs import log_event
-from jobs import transitions
+from jobs import batch_selectors, transitions
+from jobs.batch_serializers import batch_output
 from jobs.errors import Classified
 from jobs.models import AttemptOutcome, Batch, JobStatus
 from jobs.providers.base import Usage
 from jobs.routing.chains import Route
 from jobs.transitions import AttemptRecord
 from monitoring import metrics
+from webhooks.models import EventType
+from webhooks.records import webhook_event_add
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +164,42 @@ def jobs_canceled(rows: Iterable[tuple[str, str]], *, batch_ids: Collection = ()
 def batches_settle(batch_ids: list | None, *, created_before: datetime | None = None) -> list[Batch]:
     """After the commit that ended jobs of these batches (None: every open batch created before
     `created_before`, reconcile's sweep): each whose jobs are now all final is finished, once
-    (jobs.transitions.batches_finish_if_done). One statement per call, whatever the batch's size.
+    (jobs.transitions.batches_finish_if_done). One statement per call, whatever the batch's size, when no batch
+    finishes.
 
-    The one place a batch becomes completed (or, canceled, finished): its events belong here, beside the count."""
-    finished = transitions.batches_finish_if_done(batch_ids=batch_ids, created_before=created_before)
+    The one place a batch becomes completed (or, canceled, finished): its batch.completed event is written here,
+    in the transaction of the UPDATE that finished it (a rolled-back finish leaves no event; a committed one
+    always has it), and its count and log line come once that commits."""
+    with transaction.atomic():
+        finished = transitions.batches_finish_if_done(batch_ids=batch_ids, created_before=created_before)
+        if finished:
+            _batch_events(finished)
+            transaction.on_commit(partial(_batches_finished, finished))
+    return finished
+
+
+def _batch_events(finished: list[Batch]) -> None:
+    """batch.completed for each finished batch whose webhook asks for it (a canceled one's too, its status
+    canceled), its data the batch as GET /api/ai/batches/{id} shows it, read inside the finishing transaction:
+    three statements for any number of batches (the batches with their owners, their counts, their costs), then
+    one INSERT per event."""
+    wanted = [batch.id for batch in finished if EventType.BATCH_COMPLETED in (batch.webhook or {}).get("events", ())]
+    if not wanted:
+        return
+    for view in batch_selectors.batch_views(list(Batch.objects.select_related("owner").filter(id__in=wanted))):
+        webhook_event_add(
+            owner=view.batch.owner,
+            spec=view.batch.webhook,
+            event_type=EventType.BATCH_COMPLETED,
+            data=batch_output(view),
+            subject_id=view.batch.id,
+        )
+
+
+def _batches_finished(finished: list[Batch]) -> None:
     for batch in finished:
         metrics.batch_finished(status=batch.status)
         log_event(log, "batch_finished", batch_id=batch.id, status=batch.status, total=batch.total)
-    return finished
 
 
 def delivery_throttled(*, provider: str, job_id: object = None, delay: float | None = None) -> None:

@@ -169,6 +169,18 @@ class JobListCreateApi(APIView):
         return Response(job_output(selectors.job_get(user=request.user, job_id=job.id)), status=status.HTTP_200_OK)
 
 
+def job_items_parsed(items: list, *, field: str) -> list[dict]:
+    """A batch's items, each checked as POST /api/ai/jobs checks its body; the first bad one is a 400 naming it as
+    ``<field>[<index>]`` (a batch's ``jobs``, a schedule's ``batch.jobs``)."""
+    parsed = []
+    for index, item in enumerate(items):
+        try:
+            parsed.append(parse_body(JobListCreateApi.InputSerializer, item))
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({f"{field}[{index}]": exc.detail}) from None
+    return parsed
+
+
 def idempotency_key_of(request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:

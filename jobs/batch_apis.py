@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from aipb.api import ListParams, Pagination, StrictSerializer, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
 from jobs import batch_selectors, batches, fairness
-from jobs.apis import JOB_EXAMPLE, JobListCreateApi, idempotency_key_of
+from jobs.apis import JOB_EXAMPLE, idempotency_key_of, job_items_parsed
 from jobs.batch_serializers import BatchOutputSerializer, batch_output
 from jobs.models import JobStatus
 from jobs.serializers import JobSummarySerializer
@@ -55,6 +55,13 @@ class BatchListCreateApi(APIView):
             help_text="the jobs, each what POST /api/ai/jobs takes",
         )
         metadata = serializers.DictField(required=False, default=dict, help_text="kept with the batch, shown back")
+        # {"url", "events"}: checked by the service (webhooks.records.webhook_spec_clean), one place for the rules
+        webhook = serializers.JSONField(
+            required=False,
+            help_text='{"url": ..., "events": [...]} of job.succeeded, job.dead, batch.completed (default all '
+            "three): batch.completed once when the batch finishes; the job events for each job without a webhook "
+            "of its own",
+        )
 
     def get_throttles(self):
         return []  # a POST is counted once its jobs are known: every job is one submission (post below)
@@ -97,7 +104,11 @@ class BatchListCreateApi(APIView):
             "enqueued together: 201 with the batch. One bad job refuses the whole batch with a 400 naming its "
             "index (`jobs[7]: ...`), and nothing is written. Every job counts against the submission throttle "
             "(429 past it). With an Idempotency-Key, the same request again answers 200 with the batch it made "
-            "(409 if the body differs). The batch is `completed` once every job is final."
+            "(409 if the body differs). The batch is `completed` once every job is final. With a `webhook`, "
+            "`batch.completed` is sent once when the batch finishes (a canceled batch's with status `canceled`), "
+            "its data the batch as GET /api/ai/batches/{id} shows it; its job events go to the jobs that carry no "
+            "webhook of their own. A bad webhook (not https, a private address, an unknown event) is a 400 naming "
+            "`webhook`, nothing written."
         ),
         examples=[
             OpenApiExample("three pages", value=SUBMIT_EXAMPLE, request_only=True),
@@ -116,19 +127,18 @@ class BatchListCreateApi(APIView):
     def post(self, request):
         fields = parse_body(self.BatchInputSerializer, request.data)
         key = idempotency_key_of(request)
-        jobs = []
-        for index, item in enumerate(fields["jobs"]):
-            try:
-                jobs.append(parse_body(JobListCreateApi.InputSerializer, item))
-            except serializers.ValidationError as exc:
-                raise serializers.ValidationError({f"jobs[{index}]": exc.detail}) from None
+        jobs = job_items_parsed(fields["jobs"], field="jobs")
         for job in jobs:  # before anything is written or counted
             fairness.priority_check(owner=request.user, priority=job.get("priority", ""))
         throttle = SubmitThrottle(hits=len(jobs))
         if not throttle.allow_request(request, self):
             self.throttled(request, throttle.wait())
         batch, created = batches.batch_submit(
-            owner=request.user, jobs=jobs, metadata=fields["metadata"], idempotency_key=key
+            owner=request.user,
+            jobs=jobs,
+            metadata=fields["metadata"],
+            webhook=fields.get("webhook"),
+            idempotency_key=key,
         )
         if created:
             return Response(batch_output(batch_selectors.batch_view_submitted(batch)), status=status.HTTP_201_CREATED)

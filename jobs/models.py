@@ -51,6 +51,10 @@ class Batch(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # {"url", "events"} checked at submit (webhooks.records.webhook_spec_clean with BATCH_EVENTS); null: none.
+    # batch.completed is written with the UPDATE that finishes the batch (jobs.accounting.batches_settle); its
+    # job events were copied onto the jobs that carry no webhook of their own (jobs.batches).
+    webhook = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)

@@ -22,7 +22,7 @@ class ScheduleFiringInline(StaffReadOnlyMixin, admin.TabularInline):
     model = ScheduleFiring
     extra = 0
     can_delete = False
-    fields = ("scheduled_for_s", "fired_at_s", "trigger", "outcome", "job_id", "error")
+    fields = ("scheduled_for_s", "fired_at_s", "trigger", "outcome", "job_id", "batch_id", "error")
     readonly_fields = fields
     ordering = ("-scheduled_for", "-id")
     scheduled_for_s = timestamp_column("scheduled_for", "scheduled for")
@@ -38,6 +38,7 @@ class ScheduleAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
         "id",
         "name",
         "owner",
+        "kind",
         "cron",
         "timezone",
         "paused",
@@ -46,7 +47,7 @@ class ScheduleAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
         "provider",
         "model",
     )
-    list_filter = ("paused", "provider", "priority", "timezone")
+    list_filter = ("kind", "paused", "provider", "priority", "timezone")
     list_select_related = ("owner",)
     search_fields = ("name", "prompt", "owner__username", "cron")
     search_help_text = "Words from a schedule's name or prompt, an owner's username, or a cron expression."
@@ -63,12 +64,17 @@ class ScheduleAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
         "paused",
         "next_fire_at_s",
         "last_fired_at_s",
+        "kind",
         "prompt",
         "provider",
         "model",
         "priority",
         "options",
         "max_attempts",
+        "webhook",
+        "fallbacks",
+        "routing_policy",
+        "batch",
         "created_at_s",
     )
     readonly_fields = fields
@@ -96,7 +102,7 @@ class ScheduleAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
         for reason in reasons[:10]:
             self.message_user(request, reason, messages.WARNING)
 
-    @admin.action(description="Run the selected schedules now (one job each; their cron firings go on)")
+    @admin.action(description="Run the selected schedules now (one job or batch each; their cron firings go on)")
     def run_now_selected(self, request, queryset):
         self._apply(request, queryset, "ran", services.schedule_run_now)
 
@@ -111,7 +117,17 @@ class ScheduleAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(ScheduleFiring)
 class ScheduleFiringAdmin(StaffReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("id", "schedule", "scheduled_for_s", "fired_at_s", "trigger", "outcome", "job_id", "error")
+    list_display = (
+        "id",
+        "schedule",
+        "scheduled_for_s",
+        "fired_at_s",
+        "trigger",
+        "outcome",
+        "job_id",
+        "batch_id",
+        "error",
+    )
     list_filter = ("outcome", "trigger", "scheduled_for")
     list_select_related = ("schedule",)
     search_fields = ("schedule__name", "schedule__owner__username", "error")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aipb.api import ListParams, Pagination, error_responses, paginated, parse_body, parse_query
+from aipb.api import ListParams, Pagination, StrictSerializer, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
 from jobs import fairness
-from jobs.apis import JobListCreateApi
+from jobs.apis import JobListCreateApi, job_items_parsed
 from schedules import selectors, services
 from schedules.cron import CRON_MAX_CHARS, TIMEZONE_MAX_CHARS
 from schedules.serializers import ScheduleDetailSerializer, ScheduleOutputSerializer
@@ -25,12 +26,17 @@ SCHEDULE_EXAMPLE = {
     "paused": False,
     "next_fire_at": "2026-12-04T08:00:00Z",
     "last_fired_at": "2026-12-03T08:00:00.012000Z",
+    "kind": "job",
     "prompt": "A landing page for today's cycling club ride",
     "provider": "openai",
     "model": "gpt-5-mini",
     "priority": "normal",
     "options": {},
     "max_attempts": 3,
+    "webhook": None,
+    "fallbacks": None,
+    "routing_policy": "",
+    "batch": None,
     "created_at": "2026-12-01T10:00:00Z",
     "updated_at": "2026-12-01T10:00:00Z",
 }
@@ -41,6 +47,7 @@ FIRING_EXAMPLE = {
     "trigger": "cron",
     "outcome": "submitted",
     "job_id": "4a1f0c9e-7d5b-4c1e-9f3a-2b8d6e0a1c55",
+    "batch_id": None,
     "error": "",
 }
 
@@ -49,17 +56,39 @@ class ScheduleListParams(ListParams):
     paused = serializers.BooleanField(required=False, allow_null=True, default=None)
 
 
-class ScheduleInputSerializer(JobListCreateApi.InputSerializer):
-    """The job API's own fields and checks, plus when to fire."""
+JOB_FIELDS = frozenset(JobListCreateApi.InputSerializer().fields)
 
+
+class ScheduleInputSerializer(JobListCreateApi.InputSerializer):
+    """The job API's own fields and checks (a job template), or a batch template; plus when to fire."""
+
+    prompt = serializers.CharField(max_length=settings.AI_MAX_PROMPT_CHARS, trim_whitespace=False, required=False)
+    batch = serializers.JSONField(
+        required=False,
+        help_text='a batch template instead of a job: {"jobs": [...], "webhook"?, "metadata"?}, what POST '
+        "/api/ai/batches takes; each firing submits the batch",
+    )
     name = serializers.CharField(max_length=NAME_MAX, required=False, default="", allow_blank=True)
     cron = serializers.CharField(max_length=CRON_MAX_CHARS)
     timezone = serializers.CharField(max_length=TIMEZONE_MAX_CHARS, required=False, default="UTC")
     paused = serializers.BooleanField(required=False, default=False)
-    # not (yet) for a schedule's jobs: refused as unknown fields
-    webhook = None
-    fallbacks = None
-    routing_policy = None
+
+
+class BatchTemplateSerializer(StrictSerializer):
+    """A batch template as POST /api/ai/batches takes its body (jobs.batch_apis), each job checked by the job API's
+    own serializer."""
+
+    jobs = serializers.ListField(allow_empty=False, min_length=1, max_length=settings.AI_BATCH_MAX_JOBS)
+    webhook = serializers.JSONField(required=False)
+    metadata = serializers.DictField(required=False, default=dict)
+
+
+def _batch_template_parsed(data: object) -> dict:
+    try:
+        template = parse_body(BatchTemplateSerializer, data)
+    except serializers.ValidationError as exc:
+        raise serializers.ValidationError({"batch": exc.detail}) from None
+    return {**template, "jobs": job_items_parsed(template["jobs"], field="batch.jobs")}
 
 
 class ScheduleListCreateApi(APIView):
@@ -90,10 +119,12 @@ class ScheduleListCreateApi(APIView):
         request=ScheduleInputSerializer,
         responses={201: ScheduleDetailSerializer, **error_responses(400, 409, 413, 415)},
         summary="Create a schedule",
-        description="A job template (the fields of POST /api/ai/jobs, checked by the same rules) fired on a "
-        "five-field cron expression (or @hourly, @daily, @weekly, @monthly, @yearly) in an IANA time zone "
-        "(default UTC). Each firing submits one job owned by you. 400 for a bad cron expression, time zone or job "
-        "field; 409 past AI_SCHEDULES_PER_USER_MAX schedules.",
+        description="A job template (the fields of POST /api/ai/jobs, webhook, fallbacks and routing_policy "
+        "included, checked by the same rules) or a batch template (`batch`: the body of POST /api/ai/batches, "
+        "checked by its rules) fired on a five-field cron expression (or @hourly, @daily, @weekly, @monthly, "
+        "@yearly) in an IANA time zone (default UTC). Each firing submits one job (or one batch) owned by you. "
+        "400 for a bad cron expression, time zone, job field or batch field (naming it); 409 past "
+        "AI_SCHEDULES_PER_USER_MAX schedules.",
         examples=[
             OpenApiExample(
                 "weekdays at nine, Paris time",
@@ -102,6 +133,19 @@ class ScheduleListCreateApi(APIView):
                     "cron": "0 9 * * 1-5",
                     "timezone": "Europe/Paris",
                     "prompt": "A landing page for today's cycling club ride",
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "a batch every Monday, told when it is done",
+                value={
+                    "name": "weekly site refresh",
+                    "cron": "0 6 * * 1",
+                    "batch": {
+                        "jobs": [{"prompt": "Home page of a cycling club"}, {"prompt": "Rides this week"}],
+                        "webhook": {"url": "https://hooks.example.com/aipb", "events": ["batch.completed"]},
+                        "metadata": {"site": "cycling-club"},
+                    },
                 },
                 request_only=True,
             ),
@@ -115,8 +159,20 @@ class ScheduleListCreateApi(APIView):
     )
     def post(self, request):
         fields = parse_body(self.InputSerializer, request.data)
+        if "batch" in fields:
+            if given := sorted(JOB_FIELDS & set(request.data)):
+                raise serializers.ValidationError(
+                    {"batch": [f"a batch template carries its jobs' fields in batch.jobs; remove {', '.join(given)}"]}
+                )
+            fields = {key: fields[key] for key in ("name", "cron", "timezone", "paused")} | {
+                "batch": _batch_template_parsed(fields["batch"])
+            }
+            priorities = [job.get("priority", "") for job in fields["batch"]["jobs"]]
+        else:
+            priorities = [fields.get("priority", "")]
         # a schedule submits as its owner: high priority needs the same permission as a job (jobs.fairness)
-        fairness.priority_check(owner=request.user, priority=fields.get("priority", ""))
+        for priority in priorities:
+            fairness.priority_check(owner=request.user, priority=priority)
         schedule = services.schedule_create(owner=request.user, timezone_name=fields.pop("timezone"), **fields)
         return Response(ScheduleDetailSerializer(schedule).data, status=status.HTTP_201_CREATED)
 

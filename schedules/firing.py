@@ -1,9 +1,10 @@
-"""One firing of a schedule, exactly once: the firing row, the schedule's advance and the job in one transaction.
+"""One firing of a schedule, exactly once: the firing row, the schedule's advance and the job (or the batch, for a
+batch template) in one transaction.
 
 The firing key (schedule, scheduled instant) is claimed first with INSERT ... ON CONFLICT DO NOTHING. A second
 scheduler process claiming the same key waits on the first one's uncommitted row and, when that commits, inserts
 nothing and skips; if the first rolls back, the second fires instead. So however many schedulers run, an instant
-makes its job once, and a crash before the commit leaves nothing half done: the next tick fires it again.
+makes its job (or batch) once, and a crash before the commit leaves nothing half done: the next tick fires it again.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from functools import partial
 from django.db import connection, transaction
 
 from aipb.exceptions import ServiceError
+from jobs.batches import batch_submit
+from jobs.models import AIJob, Batch
 from jobs.submission import job_submit
 from monitoring import metrics
 from schedules.cron import next_fire
-from schedules.models import FiringOutcome, FiringTrigger, Schedule, ScheduleFiring
+from schedules.models import FiringOutcome, FiringTrigger, Schedule, ScheduleFiring, TemplateKind
 
 SKIPPED = "skipped"
 
@@ -37,6 +40,30 @@ def _claim(*, schedule: Schedule, scheduled_for: datetime, trigger: str, now: da
         cursor.execute(_CLAIM_SQL, [schedule.pk, scheduled_for, now, trigger, FiringOutcome.SUBMITTED])
         row = cursor.fetchone()
     return row[0] if row else None
+
+
+def _job_submit(schedule: Schedule) -> AIJob:
+    job, _ = job_submit(
+        owner=schedule.owner,
+        prompt=schedule.prompt,
+        provider=schedule.provider,
+        model=schedule.model,
+        priority=schedule.priority,
+        options=schedule.options,
+        max_attempts=schedule.max_attempts,
+        webhook=schedule.webhook,
+        fallbacks=schedule.fallbacks,
+        routing_policy=schedule.routing_policy or None,
+    )
+    return job
+
+
+def _batch_submit(schedule: Schedule) -> Batch:
+    template = schedule.batch
+    batch, _ = batch_submit(
+        owner=schedule.owner, jobs=template["jobs"], webhook=template.get("webhook"), metadata=template.get("metadata")
+    )
+    return batch
 
 
 def schedule_fire(
@@ -67,22 +94,18 @@ def schedule_fire(
                 transaction.set_rollback(True)
                 outcome = SKIPPED
             else:
-                outcome, job_id, error = FiringOutcome.SUBMITTED, None, ""
+                outcome, job_id, batch_id, error = FiringOutcome.SUBMITTED, None, None, ""
                 # No savepoint needed: submission refuses before it writes anything, so the transaction stays good.
                 try:
-                    job, _ = job_submit(
-                        owner=schedule.owner,
-                        prompt=schedule.prompt,
-                        provider=schedule.provider,
-                        model=schedule.model,
-                        priority=schedule.priority,
-                        options=schedule.options,
-                        max_attempts=schedule.max_attempts,
-                    )
-                    job_id = job.id
+                    if schedule.kind == TemplateKind.BATCH:
+                        batch_id = _batch_submit(schedule).id
+                    else:
+                        job_id = _job_submit(schedule).id
                 except ServiceError as exc:
                     outcome, error = FiringOutcome.FAILED, exc.message
-                ScheduleFiring.objects.filter(pk=firing_id).update(outcome=outcome, job_id=job_id, error=error)
+                ScheduleFiring.objects.filter(pk=firing_id).update(
+                    outcome=outcome, job_id=job_id, batch_id=batch_id, error=error
+                )
                 transaction.on_commit(partial(metrics.schedule_fired, outcome=str(outcome)))
                 firing = ScheduleFiring(
                     id=firing_id,
@@ -92,6 +115,7 @@ def schedule_fire(
                     trigger=trigger,
                     outcome=outcome,
                     job_id=job_id,
+                    batch_id=batch_id,
                     error=error,
                 )
     if outcome == SKIPPED:

@@ -1,8 +1,9 @@
-"""Schedule (a saved job template with a cron expression in a time zone) and ScheduleFiring (one row per firing).
+"""Schedule (a saved job or batch template with a cron expression in a time zone) and ScheduleFiring (one row per
+firing).
 
 A firing's (schedule, scheduled_for) is unique: the scheduler inserts it before it submits the job, in the same
 transaction, and a second scheduler process that reaches the same instant finds the row and skips, so each
-firing makes its job exactly once however many schedulers run.
+firing makes its job (or batch) exactly once however many schedulers run.
 """
 
 from __future__ import annotations
@@ -16,19 +17,32 @@ from django.utils import timezone
 from jobs.models import Priority
 
 
+class TemplateKind(models.TextChoices):
+    JOB = "job"  # each firing submits one job: the template is the prompt ... routing_policy columns
+    BATCH = "batch"  # each firing submits one batch: the template is `batch`
+
+
 class Schedule(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ai_schedules")
     name = models.CharField(max_length=200, blank=True, default="")
     cron = models.CharField(max_length=100)
     timezone = models.CharField(max_length=64, default="UTC")
-    # the job template, checked by jobs.submission.job_fields_clean when saved and again at each firing
-    prompt = models.TextField()
-    provider = models.CharField(max_length=20)
-    model = models.CharField(max_length=200)
+    kind = models.CharField(max_length=5, choices=TemplateKind.choices, default=TemplateKind.JOB)
+    # the job template (kind job; blank for a batch), checked by the submission's cleaners when saved and again at
+    # each firing
+    prompt = models.TextField(blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    model = models.CharField(max_length=200, blank=True)
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
     options = models.JSONField(default=dict, blank=True)
     max_attempts = models.PositiveSmallIntegerField(default=3)
+    webhook = models.JSONField(null=True, blank=True)  # {"url", "events"}, as a job's (webhooks.records)
+    fallbacks = models.JSONField(null=True, blank=True)  # as a job's (jobs.routing.chains); null: AI_FALLBACKS
+    routing_policy = models.CharField(max_length=20, blank=True, default="")  # "": the default order
+    # the batch template (kind batch): {"jobs": [...], "webhook": {...} | null, "metadata": {...}}, checked by
+    # jobs.batches.batch_template_clean when saved and again at each firing; null for a job
+    batch = models.JSONField(null=True, blank=True)
     paused = models.BooleanField(default=False)
     # null while paused; the scheduler fires what is due and advances it past now (missed firings coalesce)
     next_fire_at = models.DateTimeField(null=True, blank=True)
@@ -45,7 +59,8 @@ class Schedule(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name or self.prompt[:40]} ({self.cron} {self.timezone})"
+        what = self.name or (f"batch of {len(self.batch['jobs'])}" if self.batch else self.prompt[:40])
+        return f"{what} ({self.cron} {self.timezone})"
 
 
 class FiringTrigger(models.TextChoices):
@@ -64,8 +79,10 @@ class ScheduleFiring(models.Model):
     fired_at = models.DateTimeField(default=timezone.now)
     trigger = models.CharField(max_length=10, choices=FiringTrigger.choices, default=FiringTrigger.CRON)
     outcome = models.CharField(max_length=10, choices=FiringOutcome.choices, default=FiringOutcome.SUBMITTED)
-    # An id, not a foreign key: deleting a job must not cost a lookup here, and the history outlives the job.
+    # Ids, not foreign keys: deleting a job must not cost a lookup here, and the history outlives the job. A job
+    # template's firing makes a job, a batch template's a batch.
     job_id = models.UUIDField(null=True, blank=True)
+    batch_id = models.UUIDField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
 
     class Meta:

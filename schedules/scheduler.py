@@ -76,6 +76,7 @@ def scheduler_tick(*, now: datetime | None = None, prune: bool = False) -> TickR
                     "scheduled_for": firing.scheduled_for,
                     "outcome": outcome,
                     "job_id": str(firing.job_id) if firing.job_id else None,
+                    "batch_id": str(firing.batch_id) if firing.batch_id else None,
                     "error": firing.error,
                 }
             )

@@ -13,12 +13,25 @@ from schedules.selectors import schedule_recent_firings
 class FiringOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = ScheduleFiring
-        fields = ("id", "scheduled_for", "fired_at", "trigger", "outcome", "job_id", "error")
+        fields = ("id", "scheduled_for", "fired_at", "trigger", "outcome", "job_id", "batch_id", "error")
 
 
 class ScheduleOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
+    kind = serializers.CharField(
+        read_only=True,
+        help_text="job: each firing submits one job (prompt ... "
+        "routing_policy); batch: each firing submits the batch template `batch`",
+    )
     options = OptionsField(read_only=True)
+    webhook = serializers.JSONField(read_only=True, allow_null=True, help_text="a job template's webhook")
+    fallbacks = serializers.JSONField(read_only=True, allow_null=True, help_text="a job template's fallbacks")
+    batch = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text='a batch template: {"jobs": [...], "webhook": ..., "metadata": {...}}, as POST /api/ai/batches '
+        "takes it; null for a job template",
+    )
 
     class Meta:
         model = Schedule
@@ -31,12 +44,17 @@ class ScheduleOutputSerializer(serializers.ModelSerializer):
             "paused",
             "next_fire_at",
             "last_fired_at",
+            "kind",
             "prompt",
             "provider",
             "model",
             "priority",
             "options",
             "max_attempts",
+            "webhook",
+            "fallbacks",
+            "routing_policy",
+            "batch",
             "created_at",
             "updated_at",
         )

@@ -1,6 +1,7 @@
 """Writes on schedules: create, delete, pause, resume, run now (the API, the admin and the `schedules` command).
 
-The job template is checked by the rules a submission obeys (jobs.submission.job_fields_clean), the cron
+A job template is checked by the rules a submission obeys (jobs.submission.job_fields_clean, the webhook, fallbacks
+and routing policy cleaners), a batch template by batch_submit's (jobs.batches.batch_template_clean), the cron
 expression and time zone by schedules.cron, so a schedule that is saved can fire. A change to someone else's
 schedule is written to the audit trail; an owner acting on their own is not.
 """
@@ -16,12 +17,15 @@ from django.utils import timezone
 from aipb.exceptions import Conflict, InvalidInput
 from audit.models import AuditAction
 from audit.records import Actor, audit_record, reason_checked
+from jobs.batches import batch_template_clean
 from jobs.models import Priority
+from jobs.routing.chains import fallbacks_clean, policy_clean
 from jobs.submission import job_fields_clean
 from schedules.cron import next_fire, schedule_checked
 from schedules.firing import schedule_fire
-from schedules.models import FiringTrigger, Schedule, ScheduleFiring
+from schedules.models import FiringTrigger, Schedule, ScheduleFiring, TemplateKind
 from schedules.selectors import schedule_get
+from webhooks.records import webhook_secret_ensure, webhook_spec_clean
 
 NAME_MAX = 200
 
@@ -46,7 +50,7 @@ def schedule_create(
     *,
     owner: AbstractBaseUser,
     cron: str,
-    prompt: str,
+    prompt: str | None = None,
     timezone_name: str = "UTC",
     name: str = "",
     provider: str | None = None,
@@ -54,15 +58,37 @@ def schedule_create(
     priority: str = Priority.NORMAL,
     options: dict | None = None,
     max_attempts: int | None = None,
+    webhook: dict | None = None,
+    fallbacks: list[dict] | None = None,
+    routing_policy: str | None = None,
+    batch: dict | None = None,
     paused: bool = False,
 ) -> Schedule:
+    """A job template (prompt and the other fields of POST /api/ai/jobs) or a batch template (``batch``: the body
+    of POST /api/ai/batches, {"jobs": [...], "webhook"?, "metadata"?}), never both; each checked by the cleaners
+    its submission uses, so a schedule that is saved can fire."""
     if not isinstance(name, str) or len(name) > NAME_MAX or "\x00" in name:
         raise InvalidInput(f"name must be text of at most {NAME_MAX} characters")
     now = timezone.now()
     cron, zone, first = schedule_checked(cron, timezone_name, now=now)
-    fields = job_fields_clean(
-        prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
-    )
+    if batch is not None:
+        if prompt is not None:
+            raise InvalidInput("give either prompt (a job template) or batch (a batch template), not both")
+        template = {"kind": TemplateKind.BATCH, "batch": _batch_template(owner=owner, batch=batch)}
+    elif prompt is None:
+        raise InvalidInput("prompt (a job template) or batch (a batch template) is required")
+    else:
+        fields = job_fields_clean(
+            prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+        )
+        template = {
+            "kind": TemplateKind.JOB,
+            **fields,
+            "webhook": webhook_spec_clean(webhook),
+            "fallbacks": fallbacks_clean(fallbacks, provider=fields["provider"], model=fields["model"]),
+            # "" fires with AI_ROUTING_POLICY as it is then, as a job submitted without one
+            "routing_policy": "" if routing_policy is None else policy_clean(routing_policy),
+        }
     # the owner's row locked: two creations at once cannot both pass the limit
     get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
     if Schedule.objects.filter(owner=owner).count() >= settings.AI_SCHEDULES_PER_USER_MAX:
@@ -70,6 +96,8 @@ def schedule_create(
             f"you have {settings.AI_SCHEDULES_PER_USER_MAX} schedules, the most allowed "
             "(AI_SCHEDULES_PER_USER_MAX); delete one first"
         )
+    if template.get("webhook") or (template.get("batch") and _batch_has_webhook(template["batch"])):
+        webhook_secret_ensure(owner=owner)  # as a submission with a webhook does: its firings' events are signed
     return Schedule.objects.create(
         owner=owner,
         name=name,
@@ -77,8 +105,28 @@ def schedule_create(
         timezone=zone,
         paused=paused,
         next_fire_at=None if paused else first,
-        **fields,
+        **template,
     )
+
+
+def _batch_template(*, owner: AbstractBaseUser, batch: object) -> dict:
+    """{"jobs", "webhook", "metadata"} as batch_submit will take it at each firing, or InvalidInput naming the
+    field under ``batch``."""
+    if not isinstance(batch, dict):
+        raise InvalidInput("batch must be an object with jobs (and webhook, metadata)")
+    if unknown := sorted(set(batch) - {"jobs", "webhook", "metadata"}, key=str):
+        raise InvalidInput(f"batch has unknown fields: {', '.join(map(str, unknown))}")
+    try:
+        _, webhook, metadata = batch_template_clean(
+            owner=owner, jobs=batch.get("jobs"), webhook=batch.get("webhook"), metadata=batch.get("metadata")
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(f"batch.{exc.message}", details=exc.details) from None
+    return {"jobs": batch["jobs"], "webhook": webhook, "metadata": metadata}
+
+
+def _batch_has_webhook(template: dict) -> bool:
+    return bool(template["webhook"]) or any(isinstance(job, dict) and job.get("webhook") for job in template["jobs"])
 
 
 @transaction.atomic

@@ -31,8 +31,10 @@ from webhooks.ssrf import url_check
 
 log = logging.getLogger(__name__)
 
-# The events a job's webhook may ask for; a batch's may ask for batch.completed too (the batches code says so).
+# The events a job's webhook may ask for; a batch's may ask for batch.completed too (its job events go to the
+# batch's jobs that carry no webhook of their own: jobs.batches).
 JOB_EVENTS = (EventType.JOB_SUCCEEDED, EventType.JOB_DEAD)
+BATCH_EVENTS = (*JOB_EVENTS, EventType.BATCH_COMPLETED)
 _JOB_EVENT_OF_STATUS = {JobStatus.SUCCEEDED: EventType.JOB_SUCCEEDED, JobStatus.DEAD: EventType.JOB_DEAD}
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -131,13 +133,20 @@ def webhook_event_add(
     return delivery
 
 
+def webhook_event_wanted(*, job: AIJob, status: str) -> bool:
+    """Whether the job's entry into `status` writes an event to the outbox (its webhook asks for it)."""
+    spec = job.webhook
+    event_type = _JOB_EVENT_OF_STATUS.get(status)
+    return bool(spec) and event_type is not None and event_type in spec.get("events", ())
+
+
 def webhook_job_ended(*, job: AIJob, status: str) -> WebhookDelivery | None:
     """The event for a job that just succeeded or died, in the transaction that made the change (the pipeline,
     lease recovery). Free for a job without a webhook: the claim's row already says so."""
-    spec = job.webhook
-    event_type = _JOB_EVENT_OF_STATUS.get(status)
-    if not spec or event_type is None or event_type not in spec.get("events", ()):
+    if not webhook_event_wanted(job=job, status=status):
         return None
+    spec = job.webhook
+    event_type = _JOB_EVENT_OF_STATUS[status]
     # The job as the API shows it now, this attempt included (read inside the transaction that changed it).
     fresh = AIJob.objects.select_related("owner").get(id=job.id)
     return webhook_event_add(

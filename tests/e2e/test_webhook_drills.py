@@ -6,7 +6,8 @@ The receiver is down when the jobs end, so their first tries fail and retries ar
 webhook worker is SIGKILLed with its work-horse and scheduler, and Redis is flushed (every queued try and every
 scheduled retry gone). Once the receiver and a new worker are back, every job's event must arrive, signed, one
 per job (by webhook-id), with the type its final state calls for — found again from Postgres by reconcile's
-sweep, nothing lost.
+sweep, nothing lost. A batch submitted alongside, its webhook asking for batch.completed, gets that one event
+through the same outage.
 """
 
 from __future__ import annotations
@@ -54,8 +55,16 @@ def test_every_event_arrives_through_an_outage_a_worker_sigkill_and_a_redis_flus
         for spec in specs:
             spec.body["webhook"] = hook
 
+        # and a batch whose webhook asks for batch.completed alone: one event when its last job ends
+        batch_body = {
+            "jobs": [sim_job(f"wh-batch-{i}", latency_ms=200).body for i in range(6)],
+            "webhook": {"url": receiver.url, "events": ["batch.completed"]},
+        }
+
         receiver.stop()  # down: every first try is refused a connection, retries go to RQ's scheduled registry
         first_worker = webhook_worker(stack)
+        status, batch = stack.client().request("POST", "/api/ai/batches", batch_body)
+        assert status == 201, batch
         stack.submit(specs)
         stack.wait_final(timeout=180)
         wait_for(
@@ -64,7 +73,7 @@ def test_every_event_arrives_through_an_outage_a_worker_sigkill_and_a_redis_flus
             what="retries of the refused tries",
             interval=0.5,
         )
-        assert deliveries().count() == len(specs), "one event per job, written with its end"
+        assert deliveries().count() == len(specs) + 1, "one event per job, written with its end, and the batch's"
         assert not deliveries().filter(status=DeliveryStatus.DELIVERED).exists()
 
         assert stack.kill_worker(first_worker), "the webhook worker was SIGKILLed"
@@ -81,9 +90,14 @@ def test_every_event_arrives_through_an_outage_a_worker_sigkill_and_a_redis_flus
     finally:
         receiver.stop()
 
-    statuses = {str(job_id): status for job_id, status in AIJob.objects.using(ALIAS).values_list("id", "status")}
+    jobs = AIJob.objects.using(ALIAS).filter(batch__isnull=True)
+    statuses = {str(job_id): status for job_id, status in jobs.values_list("id", "status")}
     events = receiver.events()
-    assert len(events) == len(specs), "every job's event arrived, once per webhook-id"
+    assert len(events) == len(specs) + 1, "every job's event and the batch's arrived, once per webhook-id"
+    [done] = [event for event in events.values() if event.body["type"] == "batch.completed"]
+    assert done.body["data"]["id"] == batch["id"] and done.body["data"]["status"] == "completed"
+    assert done.body["data"]["counts"]["succeeded"] == 6 and done.body["data"]["finished_at"] is not None
+    events = {key: event for key, event in events.items() if event is not done}
     assert {event.body["data"]["id"] for event in events.values()} == set(statuses)
     for event in events.values():
         assert event.body["type"] == f"job.{statuses[event.body['data']['id']]}"

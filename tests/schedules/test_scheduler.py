@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.models import AIJob, JobStatus
+from jobs.models import AIJob, Batch, BatchStatus, JobStatus
 from monitoring import metrics
 from schedules import services
 from schedules.cron import next_fire
@@ -175,3 +175,73 @@ def test_a_fired_job_runs_to_success_through_a_real_worker(make_schedule, run_wo
     job = AIJob.objects.get(id=report.fired[0]["job_id"])
     assert job.status == JobStatus.SUCCEEDED
     assert job.result["title"]
+
+
+BATCH_TEMPLATE = {
+    "jobs": [{"prompt": f"page {i}", "provider": "local"} for i in range(3)],
+    "webhook": {"url": "https://hooks.example.com/done", "events": ["batch.completed"]},
+    "metadata": {"site": "club"},
+}
+
+
+def test_a_batch_template_fires_its_batch_exactly_once_per_instant(
+    make_schedule, redis_conn, django_capture_on_commit_callbacks
+):
+    schedule = make_schedule(batch=BATCH_TEMPLATE)
+    due = schedule.next_fire_at
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = scheduler_tick(now=due)
+    # the same instant again, as a second scheduler that reached it would: the firing key refuses it
+    outcome, firing = schedule_fire(schedule=schedule, scheduled_for=due, trigger=FiringTrigger.CRON, now=due)
+
+    assert (outcome, firing) == ("skipped", None)
+    [fired] = report.fired
+    batch = Batch.objects.get()
+    assert fired["outcome"] == "submitted" and fired["batch_id"] == str(batch.id) and fired["job_id"] is None
+    assert (batch.owner, batch.total, batch.metadata, batch.webhook) == (
+        schedule.owner,
+        3,
+        {"site": "club"},
+        BATCH_TEMPLATE["webhook"],
+    )
+    assert sorted(AIJob.objects.filter(batch=batch).values_list("prompt", flat=True)) == ["page 0", "page 1", "page 2"]
+    assert AIJob.objects.count() == 3
+    row = ScheduleFiring.objects.get()
+    assert (row.batch_id, row.job_id, row.outcome) == (batch.id, None, FiringOutcome.SUBMITTED)
+    assert scheduler_tick(now=due).fired == [] and Batch.objects.count() == 1
+
+
+def test_a_refused_batch_firing_is_recorded_with_the_reason(make_schedule, redis_conn, settings):
+    schedule = make_schedule(batch={"jobs": [{"prompt": "x", "provider": "simulated", "model": "sim-small"}]})
+    settings.AI_ENABLE_SIMULATED_PROVIDER = False  # the provider went away after the schedule was saved
+
+    report = scheduler_tick(now=schedule.next_fire_at)
+
+    assert [f["outcome"] for f in report.fired] == ["failed"]
+    firing = ScheduleFiring.objects.get()
+    assert firing.batch_id is None and "jobs[0]" in firing.error and "not configured" in firing.error
+    assert not Batch.objects.exists() and not AIJob.objects.exists()
+
+
+def test_a_job_template_fires_with_its_webhook_fallbacks_and_routing_policy(make_schedule, redis_conn):
+    webhook = {"url": "https://hooks.example.com/x", "events": ["job.succeeded"]}
+    fallbacks = [{"provider": "local", "model": "local-page"}]
+    schedule = make_schedule(
+        provider="simulated", model="sim-small", webhook=webhook, fallbacks=fallbacks, routing_policy="cheapest"
+    )
+
+    services.schedule_run_now(schedule_id=schedule.id)
+
+    job = AIJob.objects.get()
+    assert (job.webhook, job.fallbacks, job.routing_policy) == (webhook, fallbacks, "cheapest")
+
+
+def test_a_fired_batch_runs_to_completed_through_a_real_worker(make_schedule, run_worker):
+    schedule = make_schedule(batch={"jobs": [{"prompt": f"page {i}", "provider": "local"} for i in range(3)]})
+
+    firing = services.schedule_run_now(schedule_id=schedule.id)
+    run_worker()
+
+    assert Batch.objects.get(id=firing.batch_id).status == BatchStatus.COMPLETED
+    assert set(AIJob.objects.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}

@@ -53,3 +53,14 @@ def test_the_admin_cannot_add_edit_or_delete_rows(staff_client, make_schedule):
     assert staff_client.get(f"{CHANGELIST}add/").status_code == 403
     assert staff_client.post(f"{CHANGELIST}{schedule.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Schedule.objects.filter(pk=schedule.pk).exists()
+
+
+def test_the_admin_shows_the_template_kind_and_filters_by_it(staff_client, make_schedule):
+    make_schedule(name="one page")
+    batch = make_schedule(name="whole site", batch={"jobs": [{"prompt": "a"}, {"prompt": "b"}]})
+
+    page = staff_client.get(f"{CHANGELIST}?kind__exact=batch").content.decode()
+    assert "whole site" in page and "one page" not in page
+    assert 'class="field-kind">Batch<' in page
+    change = staff_client.get(f"{CHANGELIST}{batch.pk}/change/").content.decode()
+    assert "Kind" in change and "&quot;jobs&quot;" in change

@@ -8,6 +8,7 @@ import pytest
 
 from audit.models import AuditEntry
 from schedules.models import Schedule
+from webhooks.models import WebhookSecret
 
 LIST = "/api/ai/schedules"
 GOOD = {"cron": "0 9 * * 1-5", "timezone": "Europe/Paris", "prompt": "A page for the ride", "provider": "local"}
@@ -181,15 +182,95 @@ def test_high_priority_needs_the_permission_a_job_needs(api, staff_api):
     assert staff_api.post(LIST, {**GOOD, "priority": "high"}, format="json").status_code == 201
 
 
+def test_a_job_template_takes_a_webhook_fallbacks_and_a_routing_policy(api, user):
+    extra = {
+        "webhook": {"url": "https://hooks.example.com/x", "events": ["job.dead"]},
+        "fallbacks": [{"provider": "local", "model": "local-page"}],
+        "routing_policy": "cheapest",
+    }
+    response = api.post(LIST, {**GOOD, "provider": "simulated", "model": "sim-small", **extra}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["kind"] == "job" and body["batch"] is None
+    assert (body["webhook"], body["fallbacks"], body["routing_policy"]) == (
+        extra["webhook"],
+        extra["fallbacks"],
+        "cheapest",
+    )
+    schedule = Schedule.objects.get()
+    assert schedule.webhook == extra["webhook"] and schedule.routing_policy == "cheapest"
+    assert WebhookSecret.objects.filter(owner=user).exists(), "its firings' events will be signed"
+
+
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "says"),
     [
-        {"webhook": {"url": "https://hooks.example.com/x"}},
-        {"fallbacks": [{"provider": "local", "model": "local-page"}]},
-        {"routing_policy": "cheapest"},
+        ({"webhook": {"url": "http://hooks.example.com/x"}}, "webhook.url must use https"),
+        ({"webhook": {"url": "https://10.0.0.8/x"}}, "webhook.url must point at a public address"),
+        ({"webhook": {"url": "https://hooks.example.com/x", "events": ["batch.completed"]}}, "webhook.events"),
+        ({"webhook": "https://hooks.example.com/x"}, "webhook"),
+        ({"fallbacks": [{"provider": "nope", "model": "x"}]}, "fallbacks"),
+        ({"fallbacks": "local"}, "fallbacks"),
+        ({"routing_policy": "random"}, "routing_policy"),
     ],
 )
-def test_job_fields_a_schedule_does_not_take_yet_are_refused(api, extra):
-    response = api.post(LIST, {**GOOD, **extra}, format="json")
-    assert response.status_code == 400 and next(iter(extra)) in response.json()["error"]["message"]
+def test_a_bad_webhook_fallbacks_or_routing_policy_is_a_400_naming_it(api, extra, says):
+    error = assert_error(api.post(LIST, {**GOOD, **extra}, format="json"), 400)
+    assert says in error["message"] + str(error["details"])
+    assert not Schedule.objects.exists() and not WebhookSecret.objects.exists()
+
+
+BATCH = {
+    "jobs": [{"prompt": "Home page of a club", "provider": "local"}, {"prompt": "Rides page", "priority": "low"}],
+    "webhook": {"url": "https://hooks.example.com/done", "events": ["batch.completed"]},
+    "metadata": {"site": "club"},
+}
+
+
+def test_a_batch_template_is_saved_and_shown_as_one(api, user):
+    response = api.post(LIST, {"cron": "0 6 * * 1", "name": "weekly", "batch": BATCH}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["kind"] == "batch" and body["prompt"] == "" and body["webhook"] is None
+    assert body["batch"]["webhook"] == BATCH["webhook"] and body["batch"]["metadata"] == {"site": "club"}
+    assert [job["prompt"] for job in body["batch"]["jobs"]] == ["Home page of a club", "Rides page"]
+    assert Schedule.objects.get().kind == "batch"
+    assert WebhookSecret.objects.filter(owner=user).exists()
+    assert api.get(detail(body["id"])).json()["batch"] == body["batch"]
+
+
+@pytest.mark.parametrize(
+    ("batch", "extra", "says"),
+    [
+        ({"jobs": []}, {}, "batch"),
+        ({"jobs": "x"}, {}, "batch"),
+        ("a batch", {}, "batch"),
+        ({"jobs": [{"prompt": "x"}], "colour": "red"}, {}, "colour"),
+        ({"jobs": [{"prompt": "x"}, {"prompt": ""}]}, {}, "batch.jobs[1]"),
+        ({"jobs": [{"prompt": "x"}, "not a job"]}, {}, "batch.jobs[1]"),
+        ({"jobs": [{"prompt": "x", "model": "no-such-model"}]}, {}, "batch.jobs[0]"),
+        ({"jobs": [{"prompt": "x", "webhook": {"url": "https://10.1.1.1/"}}]}, {}, "batch.jobs[0]: webhook.url"),
+        ({"jobs": [{"prompt": "x"}], "webhook": {"url": "http://hooks.example.com/"}}, {}, "batch.webhook.url"),
+        ({"jobs": [{"prompt": "x"}], "webhook": {"url": "https://[::1]/"}}, {}, "batch.webhook.url"),
+        ({"jobs": [{"prompt": "x"}], "webhook": {"url": "https://h.example.com/", "events": ["job.x"]}}, {}, "batch."),
+        ({"jobs": [{"prompt": "x"}], "metadata": {"a": "\u0000"}}, {}, "batch.metadata"),
+        ({"jobs": [{"prompt": "x"}]}, {"prompt": "a job too"}, "prompt"),
+        ({"jobs": [{"prompt": "x"}]}, {"provider": "local"}, "provider"),
+    ],
+)
+def test_a_bad_batch_template_is_a_400_naming_the_field_and_saves_nothing(api, batch, extra, says):
+    error = assert_error(api.post(LIST, {"cron": "0 6 * * 1", "batch": batch, **extra}, format="json"), 400)
+    assert says in error["message"] + str(error["details"]), error
+    assert not Schedule.objects.exists() and not WebhookSecret.objects.exists()
+
+
+def test_neither_a_prompt_nor_a_batch_is_a_400(api):
+    error = assert_error(api.post(LIST, {"cron": "0 6 * * 1"}, format="json"), 400)
+    assert "prompt" in error["message"] and "batch" in error["message"]
+    assert not Schedule.objects.exists()
+
+
+def test_a_high_priority_batch_item_needs_the_permission(api):
+    batch = {"jobs": [{"prompt": "x"}, {"prompt": "y", "priority": "high"}]}
+    assert_error(api.post(LIST, {"cron": "0 6 * * 1", "batch": batch}, format="json"), 403)
     assert not Schedule.objects.exists()

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from audit.models import AuditEntry
-from jobs.models import AIJob
+from jobs.models import AIJob, Batch
 from schedules.models import Schedule, ScheduleFiring
 
 
@@ -98,3 +98,24 @@ def test_run_once_fires_what_is_due(make_schedule, redis_conn):
     assert report["fired"][0]["schedule_id"] == str(schedule.id)
     assert AIJob.objects.count() == 1
     assert json.loads(run("run", "--once", "--json"))["submitted"] == 0
+
+
+def test_list_run_now_and_pause_show_the_template_kind(make_schedule, redis_conn):
+    job = make_schedule(name="one page")
+    batch = make_schedule(name="whole site", batch={"jobs": [{"prompt": "a"}, {"prompt": "b"}]})
+
+    table = run("list")
+    [batch_line] = [line for line in table.splitlines() if str(batch.id) in line]
+    [job_line] = [line for line in table.splitlines() if str(job.id) in line]
+    assert "KIND" in table.splitlines()[0] and " batch/2 " in batch_line and " job " in job_line
+    assert {row["id"]: row["kind"] for row in json.loads(run("list", "--json"))} == {
+        str(job.id): "job",
+        str(batch.id): "batch",
+    }
+
+    out = run("run-now", str(batch.id))
+    made = Batch.objects.get()
+    assert f"(batch template): batch {made.id}" in out and AIJob.objects.filter(batch=made).count() == 2
+    assert json.loads(run("run-now", str(batch.id), "--json"))["batch_id"] == str(Batch.objects.latest("created_at").id)
+    assert "(batch template) is paused" in run("pause", str(batch.id))
+    assert "(job template)" in run("pause", str(job.id))

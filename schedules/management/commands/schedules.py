@@ -1,4 +1,4 @@
-"""manage.py schedules list|run-now|pause|resume|run — saved job templates fired on a cron expression.
+"""manage.py schedules list|run-now|pause|resume|run — saved job or batch templates fired on a cron expression.
 
 schedules list [--owner USER] [--paused | --active] [--limit N] [--json]
 schedules run-now|pause|resume ID [--reason TEXT] [--json]     (ID: a UUID or its first 4+ hex digits)
@@ -26,6 +26,10 @@ PROMPT_WIDTH = 40
 REASON_HELP = "why: kept in the audit trail (at most 500 characters)"
 
 
+def _kind(row: dict) -> str:
+    return f"batch/{len(row['batch']['jobs'])}" if row["kind"] == "batch" else "job"
+
+
 class Command(OperatorCommand):
     help = "List, run now, pause and resume schedules, and run the scheduler that fires them."
 
@@ -39,7 +43,7 @@ class Command(OperatorCommand):
         p.add_argument("--json", action="store_true", help="print a JSON array of the API's schedule objects")
 
         for verb, text in (
-            ("run-now", "submit the schedule's job now (its cron firings go on)"),
+            ("run-now", "submit the schedule's job (or batch) now (its cron firings go on)"),
             ("pause", "stop firing until resumed"),
             ("resume", "fire again, from the first instant after now"),
         ):
@@ -79,12 +83,13 @@ class Command(OperatorCommand):
                 row["timezone"],
                 row["next_fire_at"] or "-",
                 row["last_fired_at"] or "-",
-                f"{row['provider']}/{row['model']}",
-                clip(row["name"] or row["prompt"], PROMPT_WIDTH),
+                _kind(row),
+                f"{row['provider']}/{row['model']}" if row["kind"] == "job" else "-",
+                clip(row["name"] or row["prompt"] or f"batch of {len(row['batch']['jobs'])}", PROMPT_WIDTH),
             ]
             for row in rows
         ]
-        header = ["ID", "OWNER", "STATE", "CRON", "TIMEZONE", "NEXT", "LAST", "PROVIDER/MODEL", "NAME/PROMPT"]
+        header = ["ID", "OWNER", "STATE", "CRON", "TIMEZONE", "NEXT", "LAST", "KIND", "PROVIDER/MODEL", "NAME/PROMPT"]
         self.print_table(header, table)
 
     def _id(self, value: str):
@@ -99,8 +104,10 @@ class Command(OperatorCommand):
             self.print_json(data)
             return
         if data["outcome"] == "failed":
-            raise CommandError(f"schedule fired but its job was refused: {data['error']}")
-        self.stdout.write(f"fired {firing.schedule_id}: job {data['job_id']}")
+            what = "batch" if firing.schedule.kind == "batch" else "job"
+            raise CommandError(f"schedule fired but its {what} was refused: {data['error']}")
+        made = f"batch {data['batch_id']}" if data["batch_id"] else f"job {data['job_id']}"
+        self.stdout.write(f"fired {firing.schedule_id} ({firing.schedule.kind} template): {made}")
 
     def _pause(self, **options) -> None:
         self._state(services.schedule_pause, options)
@@ -114,9 +121,12 @@ class Command(OperatorCommand):
             self.print_json(ScheduleDetailSerializer(schedule).data)
             return
         if schedule.paused:
-            self.stdout.write(f"schedule {schedule.id} is paused")
+            self.stdout.write(f"schedule {schedule.id} ({schedule.kind} template) is paused")
         else:
-            self.stdout.write(f"schedule {schedule.id} is active; next firing {schedule.next_fire_at:%Y-%m-%d %H:%M}Z")
+            self.stdout.write(
+                f"schedule {schedule.id} ({schedule.kind} template) is active; "
+                f"next firing {schedule.next_fire_at:%Y-%m-%d %H:%M}Z"
+            )
 
     def _run(self, **options) -> None:
         every = settings.AI_SCHEDULER_TICK_SECONDS
@@ -155,5 +165,7 @@ class Command(OperatorCommand):
         )
         for firing in report.fired:
             late = age(firing["scheduled_for"], report.at)
-            detail = firing["job_id"] or clip(firing["error"], 80)
+            detail = (
+                firing["job_id"] or (firing["batch_id"] and f"batch {firing['batch_id']}") or clip(firing["error"], 80)
+            )
             self.stdout.write(f"  {firing['outcome']:9} {firing['schedule_id']} (due {late} ago) {detail}")
