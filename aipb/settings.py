@@ -405,6 +405,7 @@ SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 # Tracing (aipb/tracing.py) is configured by the standard OTEL_* variables, read by the OpenTelemetry SDK itself;
 # these two are ours: prompts and pages on spans (personal data: opt-in), and the link to a trace in the UI.
 AIPB_TRACE_CONTENT = env_bool("AIPB_TRACE_CONTENT", False)
+AIPB_TRACE_SQL = env_bool("AIPB_TRACE_SQL", False)  # a worker's span per SQL statement (aipb.tracing)
 AIPB_TRACE_URL_TEMPLATE = env_str("AIPB_TRACE_URL_TEMPLATE", "")
 if AIPB_TRACE_URL_TEMPLATE and "{trace_id}" not in AIPB_TRACE_URL_TEMPLATE:
     raise ImproperlyConfigured("AIPB_TRACE_URL_TEMPLATE must contain {trace_id}")

@@ -29,6 +29,7 @@ DEFAULT_EXCLUDED_URLS = r"^https?://[^/]+/metrics$"  # Prometheus scrapes; not /
 _propagator = TraceContextTextMapPropagator()
 _lock = threading.Lock()
 _provider = None  # the SDK TracerProvider this process installed, when tracing is on
+_sql_traced = False  # the psycopg instrumentation is installed (sql_traced)
 
 
 def configured() -> bool:
@@ -37,6 +38,12 @@ def configured() -> bool:
         return False
     endpoint = os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     return bool(endpoint or os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+
+
+def sql_traced() -> bool:
+    """Does this process trace its SQL (the psycopg instrumentation)? It traces the cursors psycopg's connection
+    makes, which aipb.prepared's are not: a process that traces SQL does not prepare."""
+    return _sql_traced
 
 
 def enabled() -> bool:
@@ -90,18 +97,44 @@ def _install(role: str):
     provider.sampler = _NoOrphanClientSpans(provider.sampler, drop=SamplingResult(Decision.DROP))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # endpoint, headers from OTEL_EXPORTER_*
     trace.set_tracer_provider(provider)
-    if role == "web":
+    wanted = instrumentations(role)
+    if "django" in wanted:
         # adds its middleware: before the WSGI handler loads the middleware. Prometheus's scrapes are no one's
         # request worth a trace, unless OTEL_PYTHON_DJANGO_EXCLUDED_URLS says otherwise.
         excluded = None if os.getenv("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", "").strip() else DEFAULT_EXCLUDED_URLS
         DjangoInstrumentor().instrument(excluded_urls=excluded)
-        # Redis in the web process only: a worker's commands are RQ's loop and bookkeeping and the rate limiter,
-        # outside any attempt's span, so _NoOrphanClientSpans would drop every one after the instrumentation's
-        # work (bench.pipeline --tracing: a tenth of the worker's tracing cost, for no span)
+    if "redis" in wanted:
         RedisInstrumentor().instrument()
-    PsycopgInstrumentor().instrument(enable_commenter=False)
-    HTTPX2ClientInstrumentor().instrument()
+    if "psycopg" in wanted:
+        global _sql_traced
+        PsycopgInstrumentor().instrument(enable_commenter=False)
+        _sql_traced = True
+    if "httpx" in wanted:
+        HTTPX2ClientInstrumentor().instrument()
     return provider
+
+
+# The official instrumentations each role installs, by the names OTEL_PYTHON_DISABLED_INSTRUMENTATIONS uses.
+# Redis in the web process only: a worker's commands are RQ's loop and bookkeeping and the rate limiter, outside
+# any attempt's span, so _NoOrphanClientSpans would drop every one after the instrumentation's work
+# (bench.pipeline --tracing: a tenth of the worker's tracing cost, for no span).
+# psycopg in a worker only with AIPB_TRACE_SQL: a span per SQL statement of an attempt (about five) cost as much
+# as all of the attempt's own spans together (bench.pipeline --tracing, 2026-12-03: +24 % worker CPU per job
+# with them, +11 % without), and told little that aipb.record and aipb.usage_record, the transactions they run
+# in, do not.
+INSTRUMENTATIONS = {"web": ("django", "redis", "psycopg", "httpx"), "worker": ("psycopg", "httpx")}
+
+
+def instrumentations(role: str) -> list[str]:
+    """The instrumentations a process of this role installs: its role's (a worker's psycopg only with
+    AIPB_TRACE_SQL), less those named (comma-separated) in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, the standard
+    variable of OpenTelemetry's Python distribution."""
+    from django.conf import settings
+
+    disabled = {name.strip().lower() for name in os.getenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    if role == "worker" and not settings.AIPB_TRACE_SQL:
+        disabled.add("psycopg")
+    return [name for name in INSTRUMENTATIONS[role] if name not in disabled]
 
 
 class _NoOrphanClientSpans:

@@ -54,6 +54,9 @@ class _NoAttempt:
     def step(self, name: str):
         return _NULL
 
+    def routed(self, route) -> None:
+        pass
+
     def call_ended(self, **kwargs) -> None:
         pass
 
@@ -135,6 +138,16 @@ class AttemptTrace:
     def step(self, name: str):
         return _tracer().start_as_current_span(name)
 
+    def routed(self, route) -> None:
+        """Routing's decision (a jobs.routing.chains.Route), as events on the attempt's span: a fallback from the
+        job's own target (its circuit open, or this job's last attempt failed there), a half-open circuit's probe."""
+        if route.fallback:
+            self.span.add_event(
+                "aipb.fallback", {"aipb.route.from": str(route.primary), "aipb.route.to": str(route.target)}
+            )
+        if route.probe:
+            self.span.add_event("aipb.circuit.probe", {"aipb.route.target": str(route.target)})
+
     def call_ended(self, *, response, usage, request_id: str | None, cost, error_type: str | None) -> None:
         """The call's outcome, usage and cost onto its span, which ends when the call did."""
         call = self._call
@@ -181,14 +194,24 @@ def attempt(*, job, start_ns: int) -> AttemptTrace | _NoAttempt:
 
 def throttled(*, job, wait_seconds: float, delay: float) -> None:
     """A delivery handed back for want of a rate-limit token: no attempt, an event on a short span of the trace."""
+    _waited(job, "aipb.throttled", "aipb.rate_limit.wait", wait_seconds=wait_seconds, delay=delay)
+
+
+def circuit_waited(*, job, wait_seconds: float, delay: float) -> None:
+    """A delivery handed back because every target of its job's chain has its circuit open: no attempt, an event on
+    a short span of the trace."""
+    _waited(job, "aipb.circuit_wait", "aipb.circuit.open", wait_seconds=wait_seconds, delay=delay)
+
+
+def _waited(job, name: str, event: str, *, wait_seconds: float, delay: float) -> None:
     if not tracing.enabled():
         return
     span = _tracer().start_span(
-        "aipb.throttled",
+        name,
         context=tracing.context_from_traceparent(job.traceparent),
         attributes={"aipb.job_id": str(job.id), "aipb.provider": job.provider},
     )
-    span.add_event("aipb.rate_limit.wait", {"aipb.wait_seconds": wait_seconds, "aipb.retry.delay_seconds": delay})
+    span.add_event(event, {"aipb.wait_seconds": wait_seconds, "aipb.retry.delay_seconds": delay})
     span.end()
 
 

@@ -55,6 +55,22 @@ def test_configured_only_by_an_endpoint_and_not_disabled(otel_env, env, expected
     assert tracing.configured() is expected
 
 
+@pytest.mark.parametrize(
+    "role, trace_sql, disabled, expected",
+    [
+        ("web", False, "", ["django", "redis", "psycopg", "httpx"]),
+        ("worker", False, "", ["httpx"]),  # no Redis in a worker, no span per SQL statement unless asked
+        ("worker", True, "", ["psycopg", "httpx"]),
+        ("web", False, " Redis , psycopg", ["django", "httpx"]),
+        ("worker", True, "psycopg,unknown", ["httpx"]),
+    ],
+)
+def test_the_instrumentations_of_each_role(otel_env, settings, role, trace_sql, disabled, expected):
+    settings.AIPB_TRACE_SQL = trace_sql
+    otel_env.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", disabled)
+    assert tracing.instrumentations(role) == expected
+
+
 def test_off_installs_nothing(otel_env):
     assert tracing.setup(role="worker") is False
     assert not tracing.enabled()

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 THREADED = "jobs.threaded_worker.AIPBThreadedWorker"
 SECRET = "zebra-quartz-7731"  # in every prompt: must never show up on a span without the opt-in
 TRACE_UI = "https://tempo.example/trace/{trace_id}"
+LARGE = {"provider": "simulated", "model": "sim-large"}
 
 
 def otel_env(receiver: OTLPReceiver, **extra: str) -> dict[str, str]:
@@ -37,9 +38,11 @@ def otel_env(receiver: OTLPReceiver, **extra: str) -> dict[str, str]:
     }
 
 
-def submit(stack: Stack, key: str, **simulate) -> dict:
-    spec = sim_job(key, **simulate)
+def submit(stack: Stack, key: str, *, fallbacks: list[dict] | None = None, max_attempts=None, **simulate) -> dict:
+    spec = sim_job(key, max_attempts=max_attempts, **simulate)
     spec.body["prompt"] = f"A landing page for {SECRET} job {key}"
+    if fallbacks is not None:
+        spec.body["fallbacks"] = fallbacks
     status, body = stack.client().request("POST", "/api/ai/jobs", spec.body, headers={"Idempotency-Key": key})
     assert status == 201, body
     return body
@@ -53,14 +56,19 @@ def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSp
     return [s for s in spans if s.parent_span_id == parent.span_id]
 
 
-@pytest.mark.parametrize("worker_class", [THREADED, FORKING], ids=["threaded", "forking"])
-def test_one_trace_from_the_post_to_each_attempts_provider_call(stack: Stack, worker_class):
+@pytest.mark.parametrize(
+    "worker_class, trace_sql", [(THREADED, True), (FORKING, False)], ids=["threaded-with-sql", "forking"]
+)
+def test_one_trace_from_the_post_to_each_attempts_provider_call(stack: Stack, worker_class, trace_sql):
     with OTLPReceiver() as otlp:
         env = otel_env(otlp)
         stack.gunicorn(**env)
-        worker = stack.worker(worker_class, **env)
+        worker = stack.worker(worker_class, **env, **({"AIPB_TRACE_SQL": "1"} if trace_sql else {}))
         retried = submit(stack, "unavailable-once", fail_attempts=1, error="unavailable")
         revalidated = submit(stack, "invalid-once", fail_attempts=1, error="invalid_json")
+        fell_back = submit(
+            stack, "fallback-once", fail_attempts=1, error="unavailable", fallbacks=[LARGE], max_attempts=2
+        )
         stack.wait_final(timeout=90)
         stack.scrape()  # Prometheus's scrape: not traced by default
 
@@ -88,6 +96,8 @@ def test_one_trace_from_the_post_to_each_attempts_provider_call(stack: Stack, wo
             assert server.resource["aipb.process.role"] == "web"
             assert server.attributes.get("http.request.method", server.attributes.get("http.method")) == "POST"
             assert not server.parent_span_id  # the trace starts at the request
+            # the request's SQL: the web process traces every statement
+            assert any(s.attributes.get("db.system") == "postgresql" for s in children(spans, server))
 
             attempts = sorted(
                 (s for s in spans if s.name == "aipb.attempt"), key=lambda s: s.attributes["aipb.attempt"]
@@ -134,8 +144,10 @@ def test_one_trace_from_the_post_to_each_attempts_provider_call(stack: Stack, wo
                 else:
                     assert "gen_ai.usage.input_tokens" not in call.attributes
                     assert "aipb.cost_usd" not in call.attributes
-                # the recording transaction's statements, from the psycopg instrumentation
-                assert any(s.attributes.get("db.system") == "postgresql" for s in children(spans, steps["aipb.record"]))
+                # the recording transaction's statements, from the psycopg instrumentation, only with AIPB_TRACE_SQL
+                statements = [s for s in children(spans, steps["aipb.record"]) if s.attributes.get("db.system")]
+                assert bool(statements) is trace_sql, [s.name for s in statements]
+                assert all(s.attributes["db.system"] == "postgresql" for s in statements)
             if body is retried:
                 assert first.attributes["error.type"] == "SERVICE_UNAVAILABLE"
                 failed_call = next(s for s in children(spans, first) if s.name == "chat sim-small")
@@ -155,6 +167,21 @@ def test_one_trace_from_the_post_to_each_attempts_provider_call(stack: Stack, wo
             for line, attempt in zip(attempt_lines, attempts, strict=True):
                 assert f"trace_id={trace_id}" in line and f"span_id={attempt.span_id}" in line, line
 
+        # routing's decision: the second attempt fell back to sim-large after a provider-side failure on sim-small
+        def both_attempts(spans, trace_id=fell_back["trace_id"]):
+            ours = [s for s in spans if s.trace_id == trace_id and s.name == "aipb.attempt"]
+            return ours if len(ours) == 2 else None
+
+        first, second = sorted(
+            otlp.wait_for(both_attempts, timeout=30, what="the fallback job's attempts"),
+            key=lambda s: s.attributes["aipb.attempt"],
+        )
+        assert "aipb.fallback" not in [name for name, _ in first.events]
+        fallbacks = [attributes for name, attributes in second.events if name == "aipb.fallback"]
+        assert fallbacks == [{"aipb.route.from": "simulated/sim-small", "aipb.route.to": "simulated/sim-large"}]
+        calls = [s for s in children(otlp.snapshot(), second) if s.name.startswith("chat ")]
+        assert [s.attributes["gen_ai.request.model"] for s in calls] == ["sim-large"]
+
         otlp.wait_for(
             lambda spans: sum(s.kind == "SERVER" and s.name.startswith("GET api/ai/jobs/") for s in spans) == 2,
             timeout=30,
@@ -166,6 +193,11 @@ def test_one_trace_from_the_post_to_each_attempts_provider_call(stack: Stack, wo
         assert not any("gen_ai.input.messages" in s.attributes for s in everything)
         # the web process's Redis commands are traced too (the enqueue)
         assert any(s.attributes.get("db.system") == "redis" for s in everything)
+        # a worker's SQL only with AIPB_TRACE_SQL
+        worker_sql = [
+            s for s in everything if s.resource.get("aipb.process.role") == "worker" and "db.system" in s.attributes
+        ]
+        assert bool(worker_sql) is trace_sql, [s.name for s in worker_sql]
 
 
 def test_prompt_and_page_on_spans_only_with_the_opt_in(stack: Stack):
