@@ -68,7 +68,7 @@ MIDDLEWARE = [
     # static files from the app itself in every mode (no proxy needed for the admin); answers before
     # sessions and auth run, so a stylesheet costs no database query
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "aipb.middleware.CSPMiddleware",  # django-csp's, the policy from the settings built once
     "aipb.middleware.RequestIdMiddleware",  # first of ours: every later line of the request carries its id
     "aipb.middleware.ApiBodySizeLimitMiddleware",
     "aipb.middleware.DatabaseUnavailableMiddleware",
