@@ -83,7 +83,8 @@ class ResilienceMixin:
     - Redis restarted empty or flushed: the worker lives on but RQ has forgotten it (RQ's heartbeat only
       touches the worker's own hash), so `ai_workers` read 0 and NoAIWorkers paged while jobs ran, until
       every worker was restarted. Like Sidekiq's heartbeat, each of ours checks the worker is still
-      listed and registers it again when not: at every job and at least once a minute when idle.
+      listed and registers it again when not: at every job and at least once a minute when idle (the
+      threaded worker beats at most once a second: jobs.threaded_worker.HEARTBEAT_SECONDS).
     """
 
     CHECK_SECONDS = 60

@@ -4,6 +4,7 @@ NoAIWorkers alert and the queue page tell the truth without every worker being r
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,11 +16,13 @@ from jobs.models import AIJob, JobStatus
 from jobs.queue_control import queue_status
 from jobs.queues import QUEUE_ORDER
 from jobs.recovery import jobs_reconcile
+from jobs.threaded_worker import AIPBThreadedWorker
 from tests.e2e.books import metric_sum
 from tests.ops.conftest import sim, submit, wait_for
 
 SIMPLE = "jobs.worker.AIPBSimpleWorker"
 FORKING = "jobs.worker.AIPBWorker"
+THREADED = "jobs.threaded_worker.AIPBThreadedWorker"
 
 
 def listed(worker) -> dict | None:
@@ -49,6 +52,43 @@ def test_a_worker_redis_forgot_lists_itself_again_at_its_next_job(worker_class, 
     assert entry["queues"] == ["ai-high", "ai-default", "ai-low"] and entry["last_heartbeat"]
     assert ai_workers() == 1 and ai_workers(state="idle") == 1
     assert worker.log().count("registered it again") == 1  # once: later heartbeats find it listed
+
+
+def test_a_busy_threaded_worker_redis_forgot_lists_itself_again_within_seconds(worker_process, redis_conn, user):
+    """The threaded worker beats at most once a second (HEARTBEAT_SECONDS): the beat that finds it forgotten may
+    come a second after its next job, or at its next short BLPOP (DEQUEUE_SECONDS) once idle."""
+    worker = worker_process(worker_class=THREADED, worker_ttl=300)
+    wait_for(lambda: ai_workers() == 1, what="ai_workers to count the worker")
+    redis_conn.flushdb()
+
+    jobs = [submit(user, **sim()) for _ in range(3)]
+    wait_for(lambda: AIJob.objects.filter(status=JobStatus.SUCCEEDED).count() == len(jobs), what="the jobs")
+    wait_for(lambda: listed(worker) is not None, timeout=AIPBThreadedWorker.DEQUEUE_SECONDS + 3, what="relisting")
+    assert listed(worker)["queues"] == ["ai-high", "ai-default", "ai-low"]
+    assert worker.log().count("registered it again") == 1
+
+
+def test_a_threaded_worker_beats_at_most_once_a_second_unless_asked_for_longer(redis_conn):
+    worker = AIPBThreadedWorker(list(QUEUE_ORDER), connection=redis_conn, threads=2)
+    worker.HEARTBEAT_SECONDS = 0.5
+    worker.register_birth()
+    try:
+        worker.heartbeat()
+        redis_conn.hdel(worker.key, "last_heartbeat")
+        worker.heartbeat()  # within the interval, no longer a TTL: nothing sent
+        assert redis_conn.hget(worker.key, "last_heartbeat") is None
+        worker.heartbeat(worker.worker_ttl + 600)  # a longer TTL than the last beat gave: sent at once
+        assert redis_conn.hget(worker.key, "last_heartbeat") is not None
+        assert redis_conn.ttl(worker.key) > worker.worker_ttl + 500
+        redis_conn.hdel(worker.key, "last_heartbeat")
+        time.sleep(0.6)
+        worker.heartbeat()  # the interval has passed
+        assert redis_conn.hget(worker.key, "last_heartbeat") is not None
+        with redis_conn.pipeline() as pipe:  # a beat inside RQ's own pipeline around a job is never skipped
+            worker.heartbeat(pipeline=pipe)
+            assert len(pipe.command_stack) > 0
+    finally:
+        worker.register_death()
 
 
 def test_an_idle_worker_redis_forgot_lists_itself_again_within_a_heartbeat(worker_process, redis_conn):
