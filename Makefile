@@ -3,8 +3,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
+BENCH_STAMP := .venv-bench/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-bench.txt | sha1sum | cut -c1-12)
 
-.PHONY: run not-running test test-e2e lint format install services migrate version stop bench clean-var
+.PHONY: run not-running test test-e2e lint format install services migrate version stop bench bench-peers clean-var
 
 $(STAMP):
 	python3 -m venv .venv
@@ -68,3 +69,16 @@ stop: install
 
 bench: services version
 	$(PY) -m bench.run_all
+
+# The benchmark's peers (Celery with its thread and gevent pools) live in their own venv, .venv-bench, from
+# requirements-bench.txt: never in requirements.txt or .venv. This runs bench.io_bound with ours and the peers.
+$(BENCH_STAMP):
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet --upgrade pip
+	.venv-bench/bin/pip install --quiet -r requirements-bench.txt
+	rm -f .venv-bench/.installed-*
+	touch $@
+
+bench-peers: services version $(BENCH_STAMP)
+	.venv-bench/bin/python -c 'from bench import common; common.configure_env(); common.ensure_database()'
+	.venv-bench/bin/python -m bench.io_bound $(BENCH_ARGS)

@@ -136,6 +136,21 @@ def bench_user(*, staff: bool = False, username: str = BENCH_USERNAME):
     return user
 
 
+def submit_simulated(*, owner, indexes: Iterable[int], latency_ms: int = 0) -> None:
+    """One simulated job per index (its prompt numbered by it) with the given latency, each through job_submit as
+    the API submits it."""
+    from jobs.submission import job_submit
+
+    for i in indexes:
+        job_submit(
+            owner=owner,
+            prompt=f"A landing page for bench shop number {i}: bikes, repairs and rentals.",
+            provider="simulated",
+            model="sim-small",
+            options={"simulate": {"latency_ms": latency_ms}},
+        )
+
+
 def vacuum_analyze(*tables: str) -> None:
     from django.db import connection
 

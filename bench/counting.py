@@ -81,16 +81,37 @@ class Counter:
 
             return _exec_command
 
+        def statement_sent(cursor, query):
+            counts.pg_round_trips += 1
+            counts.transactions += bool(cursor._conn._autocommit)
+            if keep:
+                alone = " (autocommit)" if cursor._conn._autocommit else ""
+                counts.pg_log.append(_first_word(query.query) + alone)
+
         def pg_send(original):
             def _execute_send(cursor, query, *args, **kwargs):
-                counts.pg_round_trips += 1
-                counts.transactions += bool(cursor._conn._autocommit)
-                if keep:
-                    alone = " (autocommit)" if cursor._conn._autocommit else ""
-                    counts.pg_log.append(_first_word(query.query) + alone)
+                statement_sent(cursor, query)
                 return original(cursor, query, *args, **kwargs)
 
             return _execute_send
+
+        # a prepared statement runs by name (aipb.prepared): its first run on a connection prepares it first, one
+        # round trip more
+        def pg_send_prepared(original):
+            def _send_query_prepared(cursor, name, query, *args, **kwargs):
+                statement_sent(cursor, query)
+                return original(cursor, name, query, *args, **kwargs)
+
+            return _send_query_prepared
+
+        def pg_prepare(original):
+            def _send_prepare(cursor, name, query):
+                counts.pg_round_trips += 1
+                if keep:
+                    counts.pg_log.append("PREPARE")
+                return original(cursor, name, query)
+
+            return _send_prepare
 
         def redis_send(original):
             def send_packed_command(conn, command, check_health=True):
@@ -120,6 +141,8 @@ class Counter:
         self._patch(_connection_base.BaseConnection, "_exec_command", pg_command)
         self._patch(_cursor_base.BaseCursor, "_execute_send", pg_send)
         self._patch(client_cursor.ClientCursorMixin, "_execute_send", pg_send)
+        self._patch(_cursor_base.BaseCursor, "_send_query_prepared", pg_send_prepared)
+        self._patch(_cursor_base.BaseCursor, "_send_prepare", pg_prepare)
         self._patch(AbstractConnection, "send_packed_command", redis_send)
         self._patch(AbstractConnection, "send_command", redis_send_command)
         self._patch(AbstractConnection, "pack_commands", redis_pack_commands)

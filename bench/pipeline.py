@@ -14,11 +14,20 @@ The submit rate (one process calling job_submit) and the wall time, start-up inc
 
     python -m bench.pipeline [--quick] [--jobs N] [--workers W] [--case fork|pool|simple|pool-simple ...]
 
-``--tracing``: instead, the cost of tracing: the same jobs drained with tracing off and with it on (every span
-exported over OTLP/HTTP to a loopback receiver in this process), alternating, ``--rounds`` times; worker CPU per
-job, start-up subtracted for each mode (the SDK's import is a start-up cost), medians.
+``--tracing``: instead, the cost of tracing: the same jobs drained with tracing off, with it on (every span
+exported over OTLP/HTTP to a loopback receiver in this process), and on with a span per SQL statement too
+(AIPB_TRACE_SQL=1), in rotated order, ``--rounds`` times; worker CPU per job, start-up subtracted for each mode
+(the SDK's import is a start-up cost), medians.
 
     python -m bench.pipeline --tracing [--case threaded] [--jobs N] [--rounds R]
+
+``--profile N``: instead, where one attempt's CPU goes: N zero-latency jobs (and N bare RQ no-ops) run by one
+worker of the case's class (simple or threaded) in this process, after a warm-up; CPU ms per job (process time,
+unprofiled), multiprocess-metric value writes per job, and cProfile's top entries by cumulative and own time, all
+and ours only (our modules, not RQ's dequeue and bookkeeping that bare RQ pays too); the .prof files go to
+``--profile-out`` (default $BENCH_TMP/aipb-bench/profile).
+
+    python -m bench.pipeline --profile 300 [--case threaded|simple] [--profile-out DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from bench import common
 TARGET_RATE = 400.0
 TARGET_FRACTION = 0.5
 TARGET_TRACING_OVERHEAD = 0.15  # worker CPU per job, tracing on vs off
+TRACING_MODES = ("off", "on", "on-sql")
 QUEUES = ["ai-high", "ai-default", "ai-low"]
 SUBMIT_BATCH = 500
 
@@ -117,21 +127,13 @@ def run_ours(case: Case, *, jobs: int, workers: int, log, env_extra: dict | None
     from django.db.models import Max, Min
 
     from jobs.models import AIJob, JobStatus
-    from jobs.submission import job_submit
 
     common.reset_state()
     owner = common.bench_user()
     t = time.perf_counter()
     for start in range(0, jobs, SUBMIT_BATCH):
         with transaction.atomic():  # in bulk: one commit (and one burst of enqueues) per batch
-            for i in range(start, min(jobs, start + SUBMIT_BATCH)):
-                job_submit(
-                    owner=owner,
-                    prompt=f"A landing page for bench shop number {i}: bikes, repairs and rentals.",
-                    provider="simulated",
-                    model="sim-small",
-                    options={"simulate": {"latency_ms": 0}},
-                )
+            common.submit_simulated(owner=owner, indexes=range(start, min(jobs, start + SUBMIT_BATCH)))
     submit_s = time.perf_counter() - t
     wall_s, cpu_s = _drain(case, workers, timeout=max(300.0, jobs / 5), log=log, env_extra=env_extra)
     span = AIJob.objects.aggregate(first=Min("started_at"), last=Max("finished_at"))
@@ -181,15 +183,17 @@ def startup_cpu(case: Case, workers: int, *, log, env_extra: dict | None = None)
 
 
 def tracing_overhead(case: Case, *, jobs: int, workers: int, rounds: int, log) -> dict:
-    """Worker CPU per job with tracing off and on (exporting to a loopback OTLP/HTTP receiver), alternating."""
+    """Worker CPU per job with tracing off, on (exporting to a loopback OTLP/HTTP receiver), and on with a span per
+    SQL statement too (AIPB_TRACE_SQL=1), in an order rotated each round."""
     from tests.fakes.otlp_server import OTLPReceiver
 
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {mode: [] for mode in TRACING_MODES}
     exported = []
     with OTLPReceiver() as otlp:
-        modes = {"off": {}, "on": {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_SERVICE_NAME": "aipb-bench"}}
+        on = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_SERVICE_NAME": "aipb-bench"}
+        modes = {"off": {}, "on": on, "on-sql": {**on, "AIPB_TRACE_SQL": "1"}}
         for n in range(rounds):
-            for mode in ("off", "on") if n % 2 == 0 else ("on", "off"):
+            for mode in TRACING_MODES[n % 3 :] + TRACING_MODES[: n % 3]:
                 idle = startup_cpu(case, workers, log=log, env_extra=modes[mode])
                 before = len(otlp.named("aipb.attempt"))
                 run = run_ours(case, jobs=jobs, workers=workers, log=log, env_extra=modes[mode])
@@ -282,7 +286,6 @@ def round_trips(*, jobs: int) -> dict:
 
     from aipb.redis_client import get_redis
     from jobs.queues import all_queues
-    from jobs.submission import job_submit
     from jobs.worker import AIPBSimpleWorker
 
     settings.AI_RATE_LIMIT_PER_SECOND = 0
@@ -292,14 +295,7 @@ def round_trips(*, jobs: int) -> dict:
         common.reset_state()
         if kind == "ours":
             with _Counter() as submit:
-                for i in range(jobs):
-                    job_submit(
-                        owner=owner,
-                        prompt=f"A landing page for bench shop number {i}: bikes, repairs and rentals.",
-                        provider="simulated",
-                        model="sim-small",
-                        options={"simulate": {"latency_ms": 0}},
-                    )
+                common.submit_simulated(owner=owner, indexes=range(jobs))
             out["submit"] = submit
         else:
             queue = Queue("ai-default", connection=get_redis())
@@ -324,6 +320,206 @@ def round_trips(*, jobs: int) -> dict:
     }
 
 
+# --- --profile: where one attempt's CPU goes, in this process ---
+
+# Our code, as opposed to RQ's, redis-py's, Django's and the standard library's: the profile lists these apart.
+OUR_PACKAGES = ("aipb", "jobs", "usage", "monitoring", "dlq", "webhooks", "schedules")
+
+
+class _MetricWrites:
+    """Counts the multiprocess-metric value writes (an mmap write each) made in this process."""
+
+    def __enter__(self):
+        from prometheus_client.mmap_dict import MmapedDict
+
+        self.writes = 0
+        self._original = MmapedDict.write_value
+        counter = self
+
+        def write_value(mmaped, key, value, timestamp):
+            counter.writes += 1
+            return counter._original(mmaped, key, value, timestamp)
+
+        MmapedDict.write_value = write_value
+        return self
+
+    def __exit__(self, *exc):
+        from prometheus_client.mmap_dict import MmapedDict
+
+        MmapedDict.write_value = self._original
+
+
+def _profile_enqueue(kind: str, jobs: int) -> None:
+    from django.db import transaction
+    from rq import Queue
+
+    from aipb.redis_client import get_redis
+
+    common.reset_state()
+    if kind == "bare":
+        Queue("ai-default", connection=get_redis()).enqueue_many(
+            [
+                Queue.prepare_data("bench.noop.noop", args=(str(i), str(i)), timeout=210, result_ttl=600)
+                for i in range(jobs)
+            ]
+        )
+        return
+    with transaction.atomic():
+        common.submit_simulated(owner=common.bench_user(), indexes=range(jobs))
+
+
+def _profiled_worker_class(case: Case):
+    """The case's worker class; for the threaded worker, one that profiles each attempt in its own thread too
+    (cProfile sees only the thread that enabled it)."""
+    import importlib
+    import threading
+
+    module, name = case.worker_class.rsplit(".", 1)
+    base = getattr(importlib.import_module(module), name)
+    if case.key != "threaded":
+        return base, []
+
+    profiles: list = []
+    local = threading.local()
+
+    class Profiled(base):
+        def perform_job(self, *args, **kwargs):
+            import cProfile
+
+            if getattr(local, "profile", None) is None:
+                local.profile = cProfile.Profile(time.thread_time)
+                profiles.append(local.profile)
+            local.profile.enable()
+            try:
+                return super().perform_job(*args, **kwargs)
+            finally:
+                local.profile.disable()
+
+    return Profiled, profiles
+
+
+def profile_attempts(case: Case, *, jobs: int, out_dir, rounds: int = 3, warmup: int = 30) -> dict:
+    """Per job, in one worker of the case's class in this process, ours and bare RQ no-ops: CPU ms (process
+    time, all threads; unprofiled runs, bare and ours alternating, `rounds` of each: the machine is shared, so
+    the least of each is shown beside the median), then a cProfile run of each (each thread's CPU time; its .prof
+    files in out_dir) with the metric-value writes counted. A warm-up run first: imports and once-per-process
+    work are not counted."""
+    import cProfile
+    import pstats
+
+    from django.conf import settings
+
+    from aipb.redis_client import get_redis
+    from jobs.queues import all_queues
+
+    settings.AI_RATE_LIMIT_PER_SECOND = 0
+    worker_class, thread_profiles = _profiled_worker_class(case)
+    kwargs = {"threads": THREADS} if case.key == "threaded" else {}
+
+    def run(kind: str, n: int):
+        _profile_enqueue(kind, n)
+        worker = worker_class(all_queues(), connection=get_redis(), **kwargs)
+        return lambda: worker.work(burst=True, logging_level="WARNING")
+
+    out: dict = {kind: {"cpu_ms": []} for kind in ("bare", "ours")}
+    for kind in out:
+        run(kind, warmup)()
+    for _ in range(rounds):
+        for kind in out:
+            work = run(kind, jobs)
+            cpu = time.process_time()
+            work()
+            out[kind]["cpu_ms"].append((time.process_time() - cpu) * 1000 / jobs)
+    for kind in out:
+        work = run(kind, jobs)
+        thread_profiles.clear()
+        profile = cProfile.Profile(time.thread_time)  # CPU, not wall time: waiting on a socket is not work
+        with _MetricWrites() as writes:
+            profile.enable()
+            work()
+            profile.disable()
+        stats = pstats.Stats(profile)
+        for extra in thread_profiles:
+            stats.add(extra)
+        path = out_dir / f"{case.key}-{kind}.prof"
+        stats.dump_stats(str(path))
+        out[kind].update(metric_writes=writes.writes / jobs, stats=stats, path=path)
+    return out
+
+
+def _ours(filename: str) -> bool:
+    path = os.path.relpath(filename, common.ROOT)
+    return not path.startswith("..") and path.split(os.sep, 1)[0] in OUR_PACKAGES
+
+
+def profile_top(stats, *, jobs: int, top: int, ours_only: bool) -> dict[str, list[tuple[str, float, float, float]]]:
+    """The top entries by cumulative and by own time: (function, calls per job, cumulative ms per job, own ms per
+    job); ours_only keeps our modules' functions."""
+    rows = []
+    for (filename, line, name), (_cc, calls, own, cumulative, _callers) in stats.stats.items():
+        if ours_only and not _ours(filename):
+            continue
+        where = os.path.relpath(filename, common.ROOT) if _ours(filename) else filename.rsplit("site-packages/", 1)[-1]
+        rows.append((f"{where}:{line}({name})", calls / jobs, cumulative * 1000 / jobs, own * 1000 / jobs))
+    return {
+        "cumulative": sorted(rows, key=lambda row: row[2], reverse=True)[:top],
+        "own": sorted(rows, key=lambda row: row[3], reverse=True)[:top],
+    }
+
+
+def main_profile(args) -> dict:
+    from pathlib import Path
+    from statistics import median
+
+    # as the benchmark's worker processes run: metrics in multiprocess mode, the threaded worker's pool
+    common.configure_env()
+    metrics_dir = common.scratch_dir("profile-metrics")
+    for f in metrics_dir.glob("*.db"):
+        f.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    cases = args.case or ["threaded"]
+    if len(cases) != 1 or CASES[cases[0]].pool or CASES[cases[0]].worker_class.endswith(".AIPBWorker"):
+        raise SystemExit("--profile runs the attempts in this process: one --case, simple or threaded")
+    if cases[0] == "threaded":
+        os.environ.update(AI_WORKER_THREADS=str(THREADS), DATABASE_POOL_MAX_SIZE=str(THREADS // 2))
+    import django
+
+    django.setup()
+    jobs = args.profile
+    out_dir = Path(args.profile_out) if args.profile_out else common.scratch_dir("profile")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for key in cases:
+        case = CASES[key]
+        out = profile_attempts(case, jobs=jobs, out_dir=out_dir, rounds=args.rounds or 3)
+        results[key] = out
+        ours, bare = out["ours"], out["bare"]
+        print(f"\n== {case.label}, in this process, {jobs} jobs (profiles in {out_dir})")
+        for name, pick in (("least", min), ("median", median)):
+            a, b = pick(ours["cpu_ms"]), pick(bare["cpu_ms"])
+            print(
+                f"CPU per job, {name} of {len(ours['cpu_ms'])} unprofiled runs: ours {a:.2f} ms, bare RQ {b:.2f} ms "
+                f"(ours/bare {a / b:.2f}x the CPU)"
+            )
+        print(f"metric value writes per job: ours {ours['metric_writes']:.1f}, bare {bare['metric_writes']:.1f}")
+        if key == "simple":
+            counts = round_trips(jobs=100)
+            for kind, label in (("ours", "ours, one attempt"), ("bare", "bare RQ no-op")):
+                c = counts[kind]
+                print(
+                    f"per job, {label}: {c['sql']:.1f} SQL statements, {c['commits']:.1f} commits, "
+                    f"{c['redis_round_trips']:.1f} Redis round trips ({c['redis_commands']:.1f} commands)"
+                )
+        for kind, ours_only in (("ours", False), ("ours", True), ("bare", False)):
+            top = profile_top(out[kind]["stats"], jobs=jobs, top=args.profile_top, ours_only=ours_only)
+            for order in ("cumulative", "own"):
+                title = f"{kind}{' (our modules only)' if ours_only else ''}, by {order} ms per job"
+                print(f"\n-- {title}\n{'calls/job':>9} {'cum ms':>7} {'own ms':>7}  function")
+                for name, calls, cumulative, own in top[order]:
+                    print(f"{calls:9.1f} {cumulative:7.3f} {own:7.3f}  {name}")
+    return results
+
+
 def main(argv=None) -> dict:
     def extra(parser):
         parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 5000, quick 300)")
@@ -333,9 +529,21 @@ def main(argv=None) -> dict:
         parser.add_argument("--workers", type=int, default=None, help="worker processes (default 2 x cores)")
         parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these setups")
         parser.add_argument("--tracing", action="store_true", help="tracing on vs off instead (default case threaded)")
-        parser.add_argument("--rounds", type=int, default=None, help="--tracing: off/on rounds (default 3, quick 1)")
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=None,
+            help="--tracing: off/on rounds (default 3, quick 1); --profile: unprofiled runs of each (default 3)",
+        )
+        parser.add_argument(
+            "--profile", type=int, default=None, metavar="N", help="instead, profile N jobs in this process"
+        )
+        parser.add_argument("--profile-out", default=None, help="--profile: where the .prof files go")
+        parser.add_argument("--profile-top", type=int, default=25, help="--profile: entries per list (default 25)")
 
     args = common.parse_args(__doc__.splitlines()[0], argv, extra)
+    if args.profile:
+        return main_profile(args)
     common.setup_django()
     if args.tracing:
         return main_tracing(args)
@@ -419,16 +627,21 @@ def main_tracing(args) -> dict:
     for key in args.case or ["threaded"]:
         case = CASES[key]
         out = tracing_overhead(case, jobs=jobs, workers=workers, rounds=rounds, log=log)
-        off, on = median(out["cpu_ms"]["off"]), median(out["cpu_ms"]["on"])
+        off, on, sql = (median(out["cpu_ms"][mode]) for mode in TRACING_MODES)
         overhead = on / off - 1 if off > 0 else 0.0
-        results[key] = {**out, "off_ms": off, "on_ms": on, "overhead": overhead}
-        pairs = zip(out["cpu_ms"]["off"], out["cpu_ms"]["on"], strict=True)
-        rounds_text = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
+        overhead_sql = sql / off - 1 if off > 0 else 0.0
+        results[key] = {**out, "off_ms": off, "on_ms": on, "overhead": overhead, "overhead_sql": overhead_sql}
+        columns = zip(*(out["cpu_ms"][mode] for mode in TRACING_MODES), strict=True)
+        rounds_text = ", ".join("/".join(f"{v:.2f}" for v in values) for values in columns)
         report.figure(
             f"{case.label}: worker CPU per job, tracing off / on, {jobs} jobs, median of {rounds}",
-            f"{off:.2f} ms / {on:.2f} ms (+{overhead * 100:.1f} %); rounds off/on: {rounds_text}",
+            f"{off:.2f} ms / {on:.2f} ms (+{overhead * 100:.1f} %); rounds off/on/on with SQL spans: {rounds_text}",
             f"<= +{TARGET_TRACING_OVERHEAD * 100:.0f} %",
             common.meets(overhead, TARGET_TRACING_OVERHEAD, higher_is_better=False),
+        )
+        report.figure(
+            f"{case.label}: worker CPU per job, tracing on with a span per SQL statement too (AIPB_TRACE_SQL=1)",
+            f"{sql:.2f} ms (+{overhead_sql * 100:.1f} %)",
         )
         report.figure(
             f"{case.label}: exported with tracing on",
