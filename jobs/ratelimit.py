@@ -1,7 +1,10 @@
 """One token bucket in Redis shared by every worker process on every host.
 
 The whole check-and-take runs in one Lua script on Redis's own clock, so two workers can
-never both spend the last token and host clocks do not matter.
+never both spend the last token and host clocks do not matter. The bucket's time and tokens are
+stored with every digit of the double (Lua's tostring keeps 14: a timestamp of 10 integer digits
+to a tenth of a millisecond, which a busy bucket, written on every call, turned into tokens it
+had not earned: 15 grants in 0.4996 s at 20/s with a burst of 5).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ if tokens >= 1 then
 else
   wait = (1 - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(wait)}
 """
