@@ -119,7 +119,7 @@ def _install(role: str):
 # any attempt's span, so _NoOrphanClientSpans would drop every one after the instrumentation's work
 # (bench.pipeline --tracing: a tenth of the worker's tracing cost, for no span).
 # psycopg in a worker only with AIPB_TRACE_SQL: a span per SQL statement of an attempt (about five) cost as much
-# as all of the attempt's own spans together (bench.pipeline --tracing, 2026-12-03: +24 % worker CPU per job
+# as all of the attempt's own spans together (bench.pipeline --tracing, 2026-12-03: +26 % worker CPU per job
 # with them, +11 % without), and told little that aipb.record and aipb.usage_record, the transactions they run
 # in, do not.
 INSTRUMENTATIONS = {"web": ("django", "redis", "psycopg", "httpx"), "worker": ("psycopg", "httpx")}
