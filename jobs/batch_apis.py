@@ -7,17 +7,16 @@ batch accepts exactly what one POST /api/ai/jobs accepts, item by item.
 
 from __future__ import annotations
 
-from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aipb.api import ListParams, Pagination, StrictSerializer, error_responses, paginated, parse_body, parse_query
+from aipb.api import ListParams, Pagination, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
 from jobs import batch_selectors, batches, fairness
 from jobs.apis import JOB_EXAMPLE, idempotency_key_of, job_items_parsed
-from jobs.batch_serializers import BatchOutputSerializer, batch_output
+from jobs.batch_serializers import BatchInputSerializer, BatchOutputSerializer, batch_output
 from jobs.models import JobStatus
 from jobs.serializers import JobSummarySerializer
 from jobs.throttles import SubmitThrottle
@@ -46,22 +45,6 @@ SUBMIT_EXAMPLE = {
 
 class BatchListCreateApi(APIView):
     throttle_scope = "submit"
-
-    class BatchInputSerializer(StrictSerializer):
-        jobs = serializers.ListField(
-            allow_empty=False,
-            min_length=1,  # allow_empty says it to the client, min_length to the schema (minItems)
-            max_length=settings.AI_BATCH_MAX_JOBS,
-            help_text="the jobs, each what POST /api/ai/jobs takes",
-        )
-        metadata = serializers.DictField(required=False, default=dict, help_text="kept with the batch, shown back")
-        # {"url", "events"}: checked by the service (webhooks.records.webhook_spec_clean), one place for the rules
-        webhook = serializers.JSONField(
-            required=False,
-            help_text='{"url": ..., "events": [...]} of job.succeeded, job.dead, batch.completed (default all '
-            "three): batch.completed once when the batch finishes; the job events for each job without a webhook "
-            "of its own",
-        )
 
     def get_throttles(self):
         return []  # a POST is counted once its jobs are known: every job is one submission (post below)
@@ -125,7 +108,7 @@ class BatchListCreateApi(APIView):
         ],
     )
     def post(self, request):
-        fields = parse_body(self.BatchInputSerializer, request.data)
+        fields = parse_body(BatchInputSerializer, request.data)
         key = idempotency_key_of(request)
         jobs = job_items_parsed(fields["jobs"], field="jobs")
         for job in jobs:  # before anything is written or counted

@@ -1,10 +1,33 @@
-"""Output shape of a batch, shared by the API and the `batches` command's --json."""
+"""A batch's shapes: its input (POST /api/ai/batches, and a schedule's batch template), and its output, shared by
+the API and the `batches` command's --json."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework import serializers
 
+from aipb.api import StrictSerializer
 from jobs.batch_selectors import BatchView
+
+
+class BatchInputSerializer(StrictSerializer):
+    """What POST /api/ai/batches takes (each of its jobs then checked by the job API's own serializer); a
+    schedule's batch template is the same body."""
+
+    jobs = serializers.ListField(
+        allow_empty=False,
+        min_length=1,  # allow_empty says it to the client, min_length to the schema (minItems)
+        max_length=settings.AI_BATCH_MAX_JOBS,
+        help_text="the jobs, each what POST /api/ai/jobs takes",
+    )
+    metadata = serializers.DictField(required=False, default=dict, help_text="kept with the batch, shown back")
+    # {"url", "events"}: checked by the service (webhooks.records.webhook_spec_clean), one place for the rules
+    webhook = serializers.JSONField(
+        required=False,
+        help_text='{"url": ..., "events": [...]} of job.succeeded, job.dead, batch.completed (default all '
+        "three): batch.completed once when the batch finishes; the job events for each job without a webhook "
+        "of its own",
+    )
 
 
 class BatchCountsSerializer(serializers.Serializer):

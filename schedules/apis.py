@@ -8,10 +8,11 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aipb.api import ListParams, Pagination, StrictSerializer, error_responses, paginated, parse_body, parse_query
+from aipb.api import ListParams, Pagination, error_responses, paginated, parse_body, parse_query
 from audit.records import Actor
 from jobs import fairness
 from jobs.apis import JobListCreateApi, job_items_parsed
+from jobs.batch_serializers import BatchInputSerializer
 from schedules import selectors, services
 from schedules.cron import CRON_MAX_CHARS, TIMEZONE_MAX_CHARS
 from schedules.serializers import ScheduleDetailSerializer, ScheduleOutputSerializer
@@ -74,18 +75,9 @@ class ScheduleInputSerializer(JobListCreateApi.InputSerializer):
     paused = serializers.BooleanField(required=False, default=False)
 
 
-class BatchTemplateSerializer(StrictSerializer):
-    """A batch template as POST /api/ai/batches takes its body (jobs.batch_apis), each job checked by the job API's
-    own serializer."""
-
-    jobs = serializers.ListField(allow_empty=False, min_length=1, max_length=settings.AI_BATCH_MAX_JOBS)
-    webhook = serializers.JSONField(required=False)
-    metadata = serializers.DictField(required=False, default=dict)
-
-
 def _batch_template_parsed(data: object) -> dict:
     try:
-        template = parse_body(BatchTemplateSerializer, data)
+        template = parse_body(BatchInputSerializer, data)  # what POST /api/ai/batches takes
     except serializers.ValidationError as exc:
         raise serializers.ValidationError({"batch": exc.detail}) from None
     return {**template, "jobs": job_items_parsed(template["jobs"], field="batch.jobs")}

@@ -1,9 +1,9 @@
 """Writes on schedules: create, delete, pause, resume, run now (the API, the admin and the `schedules` command).
 
-A job template is checked by the rules a submission obeys (jobs.submission.job_fields_clean, the webhook, fallbacks
-and routing policy cleaners), a batch template by batch_submit's (jobs.batches.batch_template_clean), the cron
-expression and time zone by schedules.cron, so a schedule that is saved can fire. A change to someone else's
-schedule is written to the audit trail; an owner acting on their own is not.
+A job template is checked by the rules a submission obeys (jobs.submission.job_build), a batch template by
+batch_submit's (jobs.batches.batch_template_clean), the cron expression and time zone by schedules.cron, so a
+schedule that is saved can fire. A change to someone else's schedule is written to the audit trail; an owner
+acting on their own is not.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from aipb.exceptions import Conflict, InvalidInput
 from audit.models import AuditAction
 from audit.records import Actor, audit_record, reason_checked
 from jobs.batches import batch_template_clean
-from jobs.models import Priority
-from jobs.routing.chains import fallbacks_clean, policy_clean
-from jobs.submission import job_fields_clean
+from jobs.models import AIJob, Priority
+from jobs.submission import job_build
 from schedules.cron import next_fire, schedule_checked
 from schedules.firing import schedule_fire
 from schedules.models import FiringTrigger, Schedule, ScheduleFiring, TemplateKind
 from schedules.selectors import schedule_get
-from webhooks.records import webhook_secret_ensure, webhook_spec_clean
+from webhooks.records import webhook_secret_ensure
 
 NAME_MAX = 200
+# a job template's columns, as job_build checked them (routing_policy apart: unset, it is the default at each firing)
+JOB_TEMPLATE_FIELDS = ("prompt", "provider", "model", "priority", "options", "max_attempts", "webhook", "fallbacks")
 
 
 def _audit(schedule: Schedule, *, actor: Actor | None, action: str, reason: str) -> None:
@@ -74,21 +75,30 @@ def schedule_create(
     if batch is not None:
         if prompt is not None:
             raise InvalidInput("give either prompt (a job template) or batch (a batch template), not both")
-        template = {"kind": TemplateKind.BATCH, "batch": _batch_template(owner=owner, batch=batch)}
+        template, jobs = _batch_template(owner=owner, batch=batch)
+        webhooks = [template["batch"]["webhook"], *(job.webhook for job in jobs)]
     elif prompt is None:
         raise InvalidInput("prompt (a job template) or batch (a batch template) is required")
     else:
-        fields = job_fields_clean(
-            prompt=prompt, provider=provider, model=model, priority=priority, options=options, max_attempts=max_attempts
+        job = job_build(
+            owner=owner,
+            prompt=prompt,
+            provider=provider,
+            model=model,
+            priority=priority,
+            options=options,
+            max_attempts=max_attempts,
+            webhook=webhook,
+            fallbacks=fallbacks,
+            routing_policy=routing_policy,
         )
         template = {
             "kind": TemplateKind.JOB,
-            **fields,
-            "webhook": webhook_spec_clean(webhook),
-            "fallbacks": fallbacks_clean(fallbacks, provider=fields["provider"], model=fields["model"]),
+            **{name: getattr(job, name) for name in JOB_TEMPLATE_FIELDS},
             # "" fires with AI_ROUTING_POLICY as it is then, as a job submitted without one
-            "routing_policy": "" if routing_policy is None else policy_clean(routing_policy),
+            "routing_policy": "" if routing_policy is None else job.routing_policy,
         }
+        webhooks = [job.webhook]
     # the owner's row locked: two creations at once cannot both pass the limit
     get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
     if Schedule.objects.filter(owner=owner).count() >= settings.AI_SCHEDULES_PER_USER_MAX:
@@ -96,7 +106,7 @@ def schedule_create(
             f"you have {settings.AI_SCHEDULES_PER_USER_MAX} schedules, the most allowed "
             "(AI_SCHEDULES_PER_USER_MAX); delete one first"
         )
-    if template.get("webhook") or (template.get("batch") and _batch_has_webhook(template["batch"])):
+    if any(webhooks):
         webhook_secret_ensure(owner=owner)  # as a submission with a webhook does: its firings' events are signed
     return Schedule.objects.create(
         owner=owner,
@@ -109,24 +119,21 @@ def schedule_create(
     )
 
 
-def _batch_template(*, owner: AbstractBaseUser, batch: object) -> dict:
-    """{"jobs", "webhook", "metadata"} as batch_submit will take it at each firing, or InvalidInput naming the
-    field under ``batch``."""
+def _batch_template(*, owner: AbstractBaseUser, batch: object) -> tuple[dict, list[AIJob]]:
+    """The schedule's columns for a batch template ({"jobs", "webhook", "metadata"} as batch_submit will take it at
+    each firing) and its jobs as batch_submit would build them, or InvalidInput naming the field under ``batch``."""
     if not isinstance(batch, dict):
         raise InvalidInput("batch must be an object with jobs (and webhook, metadata)")
     if unknown := sorted(set(batch) - {"jobs", "webhook", "metadata"}, key=str):
         raise InvalidInput(f"batch has unknown fields: {', '.join(map(str, unknown))}")
     try:
-        _, webhook, metadata = batch_template_clean(
+        jobs, webhook, metadata = batch_template_clean(
             owner=owner, jobs=batch.get("jobs"), webhook=batch.get("webhook"), metadata=batch.get("metadata")
         )
     except InvalidInput as exc:
         raise InvalidInput(f"batch.{exc.message}", details=exc.details) from None
-    return {"jobs": batch["jobs"], "webhook": webhook, "metadata": metadata}
-
-
-def _batch_has_webhook(template: dict) -> bool:
-    return bool(template["webhook"]) or any(isinstance(job, dict) and job.get("webhook") for job in template["jobs"])
+    template = {"jobs": batch["jobs"], "webhook": webhook, "metadata": metadata}
+    return {"kind": TemplateKind.BATCH, "batch": template}, jobs
 
 
 @transaction.atomic
