@@ -85,4 +85,8 @@ class ModelRows:
             for i, converters, col in self._converters:
                 for convert in converters:
                     row[i] = convert(row[i], col, connection)
-        return self.model.from_db(self.db, [f.attname for f in self._fields], row)
+        return self.model.from_db(self.db, self._attnames, row)
+
+    @cached_property
+    def _attnames(self) -> list[str]:
+        return [f.attname for f in self._fields]

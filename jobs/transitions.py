@@ -208,16 +208,17 @@ def _finish_sql(changed: tuple[str, ...], recorded: tuple[str, ...]) -> tuple[st
     job_fields = tuple(AIJob._meta.get_field(name) for name in changed)
     attempt_fields = tuple(JobAttempt._meta.get_field(name) for name in recorded)
     number = JobAttempt._meta.get_field("number")
+    job_column = JobAttempt._meta.get_field("job").column
     quote = connection.ops.quote_name
     assignments = ", ".join(f"{quote(f.column)} = %s" for f in job_fields)
     columns = ", ".join(quote(f.column) for f in attempt_fields)
     sql = f"""
         WITH moved AS (
-            UPDATE jobs_aijob SET {assignments}
+            UPDATE {quote(AIJob._meta.db_table)} SET {assignments}
              WHERE id = %s AND status = %s AND attempts = %s
          RETURNING id
         )
-        INSERT INTO {quote(JobAttempt._meta.db_table)} (job_id, number, {columns})
+        INSERT INTO {quote(JobAttempt._meta.db_table)} ({quote(job_column)}, {quote(number.column)}, {columns})
         SELECT moved.id, {", ".join(typed_placeholder(f, connection) for f in (number, *attempt_fields))}
           FROM moved
     """

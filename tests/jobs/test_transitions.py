@@ -415,7 +415,8 @@ def test_a_refused_operator_transition_is_a_conflict_for_the_caller(db, user):
 APP_PACKAGES = ("aipb", "jobs", "dlq", "usage", "monitoring")
 THE_WRITER = "jobs/transitions.py"
 ORM_WRITES = {"update", "create", "get_or_create", "update_or_create", "bulk_create", "bulk_update"}
-RAW_WRITE = re.compile(r"\b(?:update|insert\s+into)\s+[\"'{]*\s*(?:jobs_aijob|AIJob)\b", re.IGNORECASE)
+# the table named as it is, or through a quoting call: f"UPDATE {quote(AIJob._meta.db_table)} ..."
+RAW_WRITE = re.compile(r"\b(?:update|insert\s+into)\s+[\"'{]*\s*(?:\w+\(\s*)?(?:jobs_aijob|AIJob)\b", re.IGNORECASE)
 AIJOB_MARKS = {"AIJob", "ai_jobs"}  # the model and its reverse accessor from the owner
 
 
@@ -633,6 +634,7 @@ def test_the_scan_sees_every_technique_the_writer_itself_uses():
         "AIJob(owner=owner, prompt='x', status='succeeded').save()",
         "cursor.execute(\"UPDATE jobs_aijob SET status = 'dead' WHERE id = %s\", [job_id])",
         "AIJob.objects.raw(f'update {AIJob._meta.db_table} set status = %s', ['dead'])",
+        "cursor.execute(f'UPDATE {quote(AIJob._meta.db_table)} SET status = %s', ['dead'])",
         "class AIJob(models.Model):\n    def kill(self):\n        self.status = 'dead'",
     ],
 )
