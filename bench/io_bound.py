@@ -459,7 +459,7 @@ def main(argv=None) -> dict:
     report.note(
         "peers run bench.peers' job: sleep the latency, then INSERT one row from a psycopg pool (Celery: ours' "
         "pool size over its two processes, in its one process; bare RQ: one connection per process). Ours "
-        "does a whole attempt (claim, attempt row, usage, final state; 5 SQL statements and ~17 Redis round trips): "
+        "does a whole attempt (claim, attempt row, usage, final state; 3 SQL statements and ~17 Redis round trips): "
         "the peers' job is the floor any queue pays per call, so ours/peer is the cost of our bookkeeping. "
         "Celery: Redis broker on the benchmark's Redis database, results off, its other defaults (prefetch 4)"
     )

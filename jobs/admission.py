@@ -8,7 +8,10 @@ prepared once per connection (aipb.prepared: planning it cost more than running 
 statement answers what it read, so a refusal is raised here with the payload the separate checks raise
 (``fairness.queued_enforce``, ``budgets.budget_enforce``), in their order, with nothing written; and a repeated
 key answers its row. Two submissions with one key that race both pass the read: the unique (owner, key)
-constraint fails the second INSERT (IntegrityError, for the caller), as it did before."""
+constraint fails the second INSERT (IntegrityError, for the caller), as it did before.
+
+An attempt is admitted the same way (``attempt_claim``): the claim's UPDATE and its owner's limits and spend in
+one statement, so the pipeline's budget check before the provider call costs no statement of its own."""
 
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ from django.db import connections
 
 from aipb import prepared
 from aipb.rows import ModelRows
-from jobs import fairness
+from jobs import fairness, transitions
 from jobs.models import AIJob
 from usage import budgets
+from usage.recording import month_of
 
 _rows = ModelRows(AIJob)
 _FIXED = 2  # the answer's columns before the limit's: inserted, waiting
@@ -95,3 +99,43 @@ def job_admit(job: AIJob) -> Admission:
     budgets.budget_enforce(budgets.limits_read(found, month=limits["month"]), stage="submit")
     # the statement's conditions are the checks above: one of them refused
     raise RuntimeError(f"job {job.id} was refused by no check ({waiting} waiting, limits {found})")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed job and the limits that hold its owner this month, read as it was claimed (``budgets.budget_enforce``
+    judges them before the provider call)."""
+
+    job: AIJob
+    limits: list[budgets.Limit]
+
+
+@cache
+def _claim_sql() -> str:
+    owner = connections[_rows.db].ops.quote_name(AIJob._meta.get_field("owner").column)
+    return f"""
+        WITH claimed AS (
+            {transitions.claim_sql()}
+        ), limits AS (
+            {budgets.limits_sql(user=f"(SELECT {owner} FROM claimed)")}
+        )
+        SELECT claimed.*, l.scope, l.name, l.limit_usd, l.soft_percent, l.spent_usd
+        FROM claimed
+        LEFT JOIN limits AS l ON TRUE
+        ORDER BY {budgets.limits_order("l")}
+    """
+
+
+def attempt_claim(*, job_id: str, rq_job_id: str) -> Claim | None:
+    """``transitions.job_claim`` (queued|retrying → running for this delivery only; None when a stale or duplicate
+    delivery claims nothing), with the owner's limits read in the same statement."""
+    params = transitions.claim_params(job_id=job_id, rq_job_id=rq_job_id)
+    params["month"] = month_of(params["now"])  # the month of limits_sql's spend; its user is the claimed row's owner
+    with prepared.cursor(_rows.db) as cursor:
+        cursor.execute(_claim_sql(), params)
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    first = transitions.CLAIM_COLUMNS
+    found = [row[first : first + _LIMIT] for row in rows if row[first] is not None]
+    return Claim(job=transitions.claimed_job(rows[0]), limits=budgets.limits_read(found, month=params["month"]))

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from aipb.exceptions import DATABASE_UNAVAILABLE
 from dlq.records import dead_letter
-from jobs import accounting, ratelimit, transitions
+from jobs import accounting, admission, ratelimit, transitions
 from jobs import tracing as job_tracing
 from jobs.errors import BudgetExceeded, Classified, classify
 from jobs.models import WAITING_STATUSES, AIJob, AttemptOutcome, JobAttempt, JobStatus
@@ -29,7 +29,7 @@ from jobs.routing import chains
 from jobs.routing.chains import Route
 from jobs.schema import PageInvalid, parse_page
 from jobs.transitions import AttemptRecord
-from usage.budgets import budget_check
+from usage.budgets import Limit, budget_enforce
 from usage.recording import usage_record_durable
 from webhooks.records import webhook_event_wanted, webhook_job_ended
 
@@ -78,9 +78,10 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
             return f"throttled: re-scheduled in {delay:.2f}s"
         return "skipped: nothing to claim"
 
-    job = transitions.job_claim(job_id=job_id, rq_job_id=rq_job_id)
-    if job is None:
+    claim = admission.attempt_claim(job_id=job_id, rq_job_id=rq_job_id)
+    if claim is None:
         return "skipped: claimed elsewhere"
+    job = claim.job
     route = chains.route_attempt(job=job)
     if route.target is None:
         return _wait_for_circuit(job, route)
@@ -92,7 +93,7 @@ def run_attempt(job_id: str, rq_job_id: str, provider: str | None = None) -> str
         started_at=job.started_at,
     )
     with job_tracing.attempt(job=job, start_ns=start_ns) as traced:
-        return _attempt(job, route, traced)
+        return _attempt(job, route, traced, limits=claim.limits)
 
 
 def _wait_for_circuit(job: AIJob, route: Route) -> str:
@@ -128,7 +129,7 @@ def _waiting_job(job_id: str, rq_job_id: str) -> AIJob | None:
     return job
 
 
-def _attempt(job: AIJob, route: Route, traced=job_tracing.NO_ATTEMPT) -> str:
+def _attempt(job: AIJob, route: Route, traced=job_tracing.NO_ATTEMPT, *, limits: list[Limit]) -> str:
     number = job.attempts
     target = route.target
     accounting.attempt_routed(route=route)
@@ -139,7 +140,7 @@ def _attempt(job: AIJob, route: Route, traced=job_tracing.NO_ATTEMPT) -> str:
     page = None
     error: BaseException | None = None
     try:
-        budget_check(user_id=job.owner_id, stage="pipeline")  # a job past its owner's limit is never sent
+        budget_enforce(limits, stage="pipeline")  # a job past its owner's limit (read by its claim) is never sent
         provider = get_provider(target.provider)
         ctx = CallContext(
             job_id=str(job.id), attempt=number, options=job.options, timeout=settings.AI_PROVIDER_TIMEOUT_SECONDS

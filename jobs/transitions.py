@@ -137,37 +137,46 @@ def delivery_replace(job: AIJob, *, delay: float = 0.0) -> bool:
 
 
 def job_claim(*, job_id: str, rq_job_id: str) -> AIJob | None:
-    """queued|retrying → running for this delivery only; a stale or duplicate delivery claims nothing."""
-    now = timezone.now()
+    """queued|retrying → running for this delivery only; a stale or duplicate delivery claims nothing. (The
+    pipeline claims through jobs.admission.attempt_claim: this statement, with the owner's limits read in it.)"""
     with prepared.cursor() as cursor:
-        cursor.execute(
-            _claim_sql(
-                """
-            UPDATE jobs_aijob
-               SET status = %s, attempts = attempts + 1, started_at = %s, updated_at = %s,
-                   lease_expires_at = %s, next_attempt_at = NULL
-             WHERE id = %s AND status IN (%s, %s) AND rq_job_id = %s
-         RETURNING {columns}
-            """
-            ),
-            [
-                JobStatus.RUNNING,
-                now,
-                now,
-                now + timedelta(seconds=settings.AI_LEASE_SECONDS),
-                job_id,
-                JobStatus.QUEUED,
-                JobStatus.RETRYING,
-                rq_job_id,
-            ],
-        )
+        cursor.execute(claim_sql(), claim_params(job_id=job_id, rq_job_id=rq_job_id))
         row = cursor.fetchone()
-    return None if row is None else _job_rows.from_row(row)
+    return None if row is None else claimed_job(row)
 
 
 @functools.cache
-def _claim_sql(template: str) -> str:
-    return template.format(columns=_job_rows.columns())
+def claim_sql() -> str:
+    """The claim: an UPDATE returning the claimed row's columns (``claimed_job`` reads them); its parameters are
+    ``claim_params``'. Written once per process."""
+    return f"""
+        UPDATE jobs_aijob
+           SET status = %(running)s, attempts = attempts + 1, started_at = %(now)s, updated_at = %(now)s,
+               lease_expires_at = %(lease_until)s, next_attempt_at = NULL
+         WHERE id = %(job_id)s AND status IN (%(queued)s, %(retrying)s) AND rq_job_id = %(rq_job_id)s
+     RETURNING {_job_rows.columns()}
+    """
+
+
+def claim_params(*, job_id: str, rq_job_id: str) -> dict[str, object]:
+    now = timezone.now()
+    return {
+        "running": JobStatus.RUNNING,
+        "now": now,
+        "lease_until": now + timedelta(seconds=settings.AI_LEASE_SECONDS),
+        "job_id": job_id,
+        "queued": JobStatus.QUEUED,
+        "retrying": JobStatus.RETRYING,
+        "rq_job_id": rq_job_id,
+    }
+
+
+CLAIM_COLUMNS = len(_job_rows.columns().split(", "))  # how many of a claim's columns are the job's
+
+
+def claimed_job(row: tuple | list) -> AIJob:
+    """The job of a row whose first columns are the claim's."""
+    return _job_rows.from_row(row[:CLAIM_COLUMNS])
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from aipb import prepared
-from aipb.exceptions import DATABASE_UNAVAILABLE, InvalidInput, NotFound
+from aipb.exceptions import InvalidInput, NotFound
 from audit.models import AuditAction
 from audit.records import Actor, audit_record
 from jobs.errors import BudgetExceeded
@@ -113,10 +113,11 @@ def _tables() -> dict[str, str]:
 
 
 @cache
-def limits_sql() -> str:
+def limits_sql(user: str = "%(user)s") -> str:
     """The rows of a user's limits with this month's spend: (scope, name, limit_usd, soft_percent, spent_usd), the
     user's own first (its limit null when they have none), then each of their groups' that has one, by name.
-    Parameters ``limits_params``'s; written once per process."""
+    Parameters ``limits_params``'s; ``user`` is the SQL that gives the user's id (its parameter, or an expression
+    of the statement this one is part of). Written once per process."""
     t = _tables()
     return f"""
         SELECT 'user' AS scope, u.{t["username"]} AS name, b.monthly_usd AS limit_usd, b.soft_percent AS soft_percent,
@@ -124,14 +125,14 @@ def limits_sql() -> str:
         FROM {t["users"]} u
         LEFT JOIN {t["budget"]} b ON b.user_id = u.id
         LEFT JOIN {t["spend"]} s ON s.user_id = u.id AND s.group_id IS NULL AND s.month = %(month)s
-        WHERE u.id = %(user)s
+        WHERE u.id = {user}
         UNION ALL
         SELECT 'group', g.name, b.monthly_usd, b.soft_percent, COALESCE(s.spent_usd, 0)
         FROM {t["memberships"]} m
         JOIN {t["budget"]} b ON b.group_id = m.group_id
         JOIN {t["groups"]} g ON g.id = m.group_id
         LEFT JOIN {t["spend"]} s ON s.user_id IS NULL AND s.group_id = m.group_id AND s.month = %(month)s
-        WHERE m.user_id = %(user)s
+        WHERE m.user_id = {user}
         ORDER BY 1 DESC, 2
     """
 
@@ -188,20 +189,9 @@ def budget_limits(*, user_id: int, at: datetime | None = None) -> list[Limit]:
 
 def budget_check(*, user_id: int, stage: str) -> None:
     """Raise BudgetExceeded naming the first limit of the user's that is reached. ``stage`` (submit or
-    pipeline) labels the refusal's metric. (A single job's submission reads the limits inside its INSERT,
-    jobs.admission, and calls ``budget_enforce``.)
-
-    In the pipeline a Postgres that went away since the claim lets the call go ahead (its usage is spooled and
-    counted on replay) rather than killing the job with an UNKNOWN error; at submit the INSERT would fail anyway,
-    so the error goes up (503)."""
-    try:
-        limits = budget_limits(user_id=user_id)
-    except DATABASE_UNAVAILABLE as exc:
-        if stage != "pipeline":
-            raise
-        log.warning("budget of user %s not checked: Postgres unavailable (%s)", user_id, exc)
-        return
-    budget_enforce(limits, stage=stage)
+    pipeline) labels the refusal's metric. (A single job's submission reads the limits inside its INSERT and an
+    attempt inside its claim, jobs.admission, and both call ``budget_enforce``; a batch's submission calls this.)"""
+    budget_enforce(budget_limits(user_id=user_id), stage=stage)
 
 
 def budget_enforce(limits: list[Limit], *, stage: str) -> None:

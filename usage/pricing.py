@@ -45,24 +45,51 @@ _price_rows = ModelRows(ModelPrice)
 
 def price_in_force(*, provider: str, model: str, at: datetime) -> ModelPrice | None:
     """The newest price effective at ``at``; aliases share their canonical model's price. An operator's
-    price wins over the price data's from the moment it takes effect, whatever the data schedules later.
+    price wins over the price data's from the moment it takes effect, whatever the data schedules later."""
+    return price_seen(provider=provider, model=model, at=at).price
 
-    Every billed call asks this: one statement written once per process (the ORM's query, with its ordering
-    expression, cost more CPU to build than the rest of the attempt's bookkeeping)."""
+
+@dataclass(frozen=True)
+class PriceSeen:
+    """The price in force as one statement read it: the row (None: unpriced) and its version, a digest of all its
+    columns, which any change to the row changes, so a later statement can check it still holds (usage.recording)."""
+
+    price: ModelPrice | None
+    version: str | None = None
+
+
+def price_seen(*, provider: str, model: str, at: datetime) -> PriceSeen:
+    """``price_in_force`` with the row's version. One statement written once per process (the ORM's query, with
+    its ordering expression, cost more CPU to build than the rest of the attempt's bookkeeping)."""
     with prepared.cursor() as cursor:
-        cursor.execute(_price_sql(), [provider, canonical_model(provider, model), at, PriceSource.OPERATOR])
+        cursor.execute(
+            f"SELECT {_price_rows.columns('p')}, p.version FROM ({price_in_force_sql()}) AS p",
+            price_params(provider=provider, model=model, at=at),
+        )
         row = cursor.fetchone()
-    return None if row is None else _price_rows.from_row(row)
+    return PriceSeen(None) if row is None else PriceSeen(_price_rows.from_row(row[:-1]), row[-1])
 
 
 @functools.cache
-def _price_sql() -> str:
+def price_in_force_sql() -> str:
+    """The price in force as a one-row (or empty) relation: the row's columns and ``version``; parameters
+    ``price_params``'."""
     quote = connection.ops.quote_name
     return (
-        f"SELECT {_price_rows.columns()} FROM {quote(ModelPrice._meta.db_table)}"
-        " WHERE provider = %s AND model = %s AND effective_from <= %s"
-        " ORDER BY (source <> %s), effective_from DESC LIMIT 1"  # false (the operator's) first
+        f"SELECT {_price_rows.columns()}, md5(CAST(ROW({_price_rows.columns()}) AS text)) AS version"
+        f" FROM {quote(ModelPrice._meta.db_table)}"
+        " WHERE provider = %(price_provider)s AND model = %(price_model)s AND effective_from <= %(price_at)s"
+        " ORDER BY (source <> %(price_operator)s), effective_from DESC LIMIT 1"  # false (the operator's) first
     )
+
+
+def price_params(*, provider: str, model: str, at: datetime) -> dict[str, object]:
+    return {
+        "price_provider": provider,
+        "price_model": canonical_model(provider, model),
+        "price_at": at,
+        "price_operator": PriceSource.OPERATOR,
+    }
 
 
 def _rate(price: ModelPrice, name: str, prompt_tokens: int) -> Decimal | None:

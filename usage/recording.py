@@ -24,22 +24,24 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, connections, router
 from django.utils.dateparse import parse_datetime
 
 from aipb import prepared
 from aipb.exceptions import DATABASE_UNAVAILABLE
 from aipb.redis_client import get_redis
+from aipb.rows import typed_placeholder
 from jobs.catalogue import canonical_model
 from jobs.models import AIJob
 from jobs.providers.base import Usage
 from usage.models import MonthlySpend, TokenUsage
-from usage.pricing import cost_of, price_in_force
+from usage.pricing import PriceSeen, cost_of, price_in_force, price_in_force_sql, price_params, price_seen
 
 log = logging.getLogger(__name__)
 
 SPOOL_KEY = "aipb:usage:spool"
 REPLAY_BATCH = 500
+_READ = object()  # _row's price: read it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +50,13 @@ class Recorded:
     spooled: bool  # Postgres could not take it: it waits in Redis for usage_spool_replay
 
 
-def _row(*, job_id, owner_id: int, attempt: int, provider: str, model: str, usage: Usage, at: datetime) -> TokenUsage:
-    """The call's row, its cost fixed now from the price in force at the call (never repriced)."""
-    price = price_in_force(provider=provider, model=model, at=at)
+def _row(
+    *, job_id, owner_id: int, attempt: int, provider: str, model: str, usage: Usage, at: datetime, price=_READ
+) -> TokenUsage:
+    """The call's row, its cost fixed now from the price in force at the call (never repriced): ``price`` as the
+    caller read it (a ModelPrice, or None for unpriced), else read here."""
+    if price is _READ:
+        price = price_in_force(provider=provider, model=model, at=at)
     cost = cost_of(usage=usage, price=price)
     return TokenUsage(
         owner_id=owner_id,
@@ -109,19 +115,60 @@ def _add_to_spend_sql() -> str:
     """
 
 
+# The price each (provider, canonical model) last had in force here, as usage rows were written with it: the
+# row's INSERT checks it still is (``_insert``), so using it costs no statement and can never bill a stale price.
+_prices: dict[tuple[str, str], PriceSeen] = {}
+PRICE_READS = 3  # a price changing under every INSERT that tries it: give up after this many reads
+
+
+@functools.cache
+def _insert_sql() -> str:
+    """One statement: the price in force at the call (``usage.pricing.price_in_force_sql``), the row only if that
+    is the price its cost was computed with (same row, same version), and the spend only of a row inserted. It
+    answers the price it found, so a mismatch (nothing written) is read again."""
+    connection_ = connections[router.db_for_write(TokenUsage)]
+    fields = {f.column: f for f in TokenUsage._meta.concrete_fields}
+    values = ", ".join(typed_placeholder(fields[column], connection_, f"%(u_{column})s") for column in _USAGE_COLUMNS)
+    return f"""
+        WITH price AS ({price_in_force_sql()}),
+        source AS (
+            INSERT INTO {TokenUsage._meta.db_table} ({", ".join(_USAGE_COLUMNS)})
+            SELECT {values}
+            WHERE (SELECT id FROM price) IS NOT DISTINCT FROM CAST(%(seen_id)s AS bigint)
+              AND (SELECT version FROM price) IS NOT DISTINCT FROM CAST(%(seen_version)s AS text)
+            ON CONFLICT DO NOTHING
+            RETURNING owner_id, cost
+        ),
+        spent AS ({_add_to_spend_sql().replace("%s", "%(month)s")})
+        SELECT (SELECT id FROM price), (SELECT version FROM price)
+    """
+
+
 def _insert(**fields) -> Decimal | None:
     """The row and its spend in one statement (its own transaction in autocommit): ON CONFLICT DO NOTHING, and
-    the spend takes only what the INSERT returned, so a replay adds neither a row nor a cent."""
-    row = _row(**fields)
-    columns = ", ".join(_USAGE_COLUMNS)
-    sql = (
-        f"WITH source AS (INSERT INTO {TokenUsage._meta.db_table} ({columns}) "
-        f"VALUES ({', '.join(['%s'] * len(_USAGE_COLUMNS))}) ON CONFLICT DO NOTHING RETURNING owner_id, cost)"
-        + _add_to_spend_sql()
-    )
-    with prepared.cursor() as cursor:
-        cursor.execute(sql, [*(getattr(row, column) for column in _USAGE_COLUMNS), month_of(row.created_at)])
-    return row.cost
+    the spend takes only what the INSERT returned, so a replay adds neither a row nor a cent. The cost is computed
+    with the price this process last saw in force for the model; the statement writes nothing if that is no longer
+    the price in force at the call, and the price is then read again (a first call reads it first)."""
+    key = (fields["provider"], canonical_model(fields["provider"], fields["model"]))
+    seen = _prices.get(key)
+    for _ in range(PRICE_READS):
+        if seen is None:
+            seen = _prices[key] = price_seen(provider=fields["provider"], model=fields["model"], at=fields["at"])
+        row = _row(**fields, price=seen.price)
+        params = {f"u_{column}": getattr(row, column) for column in _USAGE_COLUMNS}
+        params.update(price_params(provider=row.provider, model=row.model, at=row.created_at))
+        params.update(
+            seen_id=None if seen.price is None else seen.price.pk,
+            seen_version=seen.version,
+            month=month_of(at=row.created_at),
+        )
+        with prepared.cursor() as cursor:
+            cursor.execute(_insert_sql(), params)
+            found = cursor.fetchone()
+        if tuple(found) == (params["seen_id"], seen.version):
+            return row.cost
+        seen = None  # the price changed since this process saw it: read it again
+    raise RuntimeError(f"the price of {key} changed under each of {PRICE_READS} tries to record a call's usage")
 
 
 def _add_to_spend(row: TokenUsage) -> None:

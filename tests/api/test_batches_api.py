@@ -168,7 +168,7 @@ def test_cancel_mid_batch_cancels_what_has_not_started(api, run_worker):
     batch_id = api.post(BATCHES, body, format="json").json()["id"]
     [first, second, *_] = AIJob.objects.filter(batch_id=batch_id).order_by("created_at")
     claimed = transitions.job_claim(job_id=first.id, rq_job_id=first.rq_job_id)
-    pipeline._attempt(claimed, chains.route_attempt(job=claimed))  # ran to success
+    pipeline._attempt(claimed, chains.route_attempt(job=claimed), limits=[])  # ran to success
     running = transitions.job_claim(job_id=second.id, rq_job_id=second.rq_job_id)  # a worker holds this one
     for job in (first, second):
         delivery_delete(job.rq_job_id)  # taken off the queue by the worker that ran it
@@ -181,7 +181,7 @@ def test_cancel_mid_batch_cancels_what_has_not_started(api, run_worker):
     assert_error(api.post(f"{BATCHES}/{batch_id}/cancel"), 409, "conflict")
     assert not AuditEntry.objects.exists()  # the owner canceling their own batch is not audited
     # the running job ends: the batch is finished, still canceled
-    pipeline._attempt(running, chains.route_attempt(job=running))
+    pipeline._attempt(running, chains.route_attempt(job=running), limits=[])
     batch = api.get(f"{BATCHES}/{batch_id}").json()
     assert batch["status"] == "canceled" and batch["finished_at"] is not None
     assert batch["counts"] == {"queued": 0, "running": 0, "retrying": 0, "succeeded": 2, "dead": 0, "canceled": 4}

@@ -605,7 +605,7 @@ def test_the_scan_sees_every_technique_the_writer_itself_uses():
     """Run over jobs/transitions.py, the scan finds each function that changes a status, whatever way it does."""
     found = status_writes((ROOT / THE_WRITER).read_text(), THE_WRITER)
     assert {write.function for write in found} >= {
-        "job_claim",  # raw UPDATE ... RETURNING
+        "claim_sql",  # raw UPDATE ... RETURNING, written once (job_claim and jobs.admission.attempt_claim run it)
         "_finish_sql",  # raw WITH ... UPDATE ... RETURNING, built once per set of columns
         "job_expire_lease",  # .update(status=...) through a variable, and the in-memory job.status
         "job_cancel_waiting",

@@ -130,7 +130,7 @@ def test_cancel_mid_batch_sends_one_canceled_event_once_the_running_job_ends(api
     assert WebhookDelivery.objects.count() == 0
     first, second, *_ = AIJob.objects.filter(batch_id=batch_id).order_by("created_at")
     claimed = transitions.job_claim(job_id=first.id, rq_job_id=first.rq_job_id)
-    pipeline._attempt(claimed, chains.route_attempt(job=claimed))  # ran to success: its job.succeeded
+    pipeline._attempt(claimed, chains.route_attempt(job=claimed), limits=[])  # ran to success: its job.succeeded
     running = transitions.job_claim(job_id=second.id, rq_job_id=second.rq_job_id)  # a worker holds this one
     for job in (first, second):
         delivery_delete(job.rq_job_id)
@@ -138,7 +138,7 @@ def test_cancel_mid_batch_sends_one_canceled_event_once_the_running_job_ends(api
     assert api.post(f"{BATCHES}/{batch_id}/cancel").json()["status"] == "canceled"
     assert completed_events() == [], "one job still runs: the batch has not finished"
 
-    pipeline._attempt(running, chains.route_attempt(job=running))  # the running job ends: the batch finishes
+    pipeline._attempt(running, chains.route_attempt(job=running), limits=[])  # the running job ends: the batch finishes
 
     [delivery] = completed_events()
     assert delivery.payload["data"]["status"] == "canceled" and delivery.payload["data"]["finished_at"] is not None
