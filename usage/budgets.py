@@ -16,7 +16,6 @@ Changes (``budget_set``, ``budget_clear``) are recorded in the audit trail.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -36,8 +35,6 @@ from jobs.errors import BudgetExceeded
 from monitoring import metrics
 from usage.models import Budget, MonthlySpend
 from usage.recording import month_of
-
-log = logging.getLogger(__name__)
 
 USD_PLACES = 6  # Budget.monthly_usd
 USD_MAX = Decimal("999999999.999999")  # DECIMAL(15, 6)
