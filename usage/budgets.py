@@ -10,7 +10,8 @@ A limit is reached when the spend is at or over it. Submission then refuses new 
 the pipeline ends a waiting job BUDGET_EXCEEDED before its provider call; the calls already in flight when the
 limit is crossed still complete and are billed, so the spend can pass a limit by what those calls cost.
 
-One SQL statement reads a user's limits and spend (``budget_limits``), so a check costs one round trip.
+One SQL statement reads a user's limits and spend (``budget_limits``, ``limits_sql``), so a check costs one round
+trip; a job's submission and an attempt's claim read them inside their own statement (jobs.admission) and cost none.
 Changes (``budget_set``, ``budget_clear``) are recorded in the audit trail.
 """
 
