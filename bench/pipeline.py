@@ -28,6 +28,15 @@ and ours only (our modules, not RQ's dequeue and bookkeeping that bare RQ pays t
 ``--profile-out`` (default $BENCH_TMP/aipb-bench/profile).
 
     python -m bench.pipeline --profile 300 [--case threaded|simple] [--profile-out DIR]
+
+``--steps N``: instead, an attempt's CPU step by step without a profiler (cProfile inflates call-heavy code: it put
+the page's validation at 1.25 ms a job, which takes 0.14): N zero-latency jobs run by ``jobs.pipeline.run_attempt``
+in one thread of this process after a warm-up, each step timed with ``time.thread_time`` around it (the claim,
+routing, the budget check, the provider, validation, the usage row, the circuit's report, the end, the metrics), in
+ms per job, with and without the psycopg pool the threaded worker uses (the connection given back for the call is
+taken again for the usage row).
+
+    python -m bench.pipeline --steps 1000
 """
 
 from __future__ import annotations
@@ -447,6 +456,107 @@ def profile_attempts(case: Case, *, jobs: int, out_dir, rounds: int = 3, warmup:
     return out
 
 
+# --- --steps: an attempt's CPU step by step, without a profiler ---
+
+# (module, attribute) of each step, as jobs.pipeline calls it: the names it imported, so the wrappers are what it runs.
+STEPS = (
+    ("jobs.admission", "attempt_claim", "the claim (with the owner's limits)"),
+    ("jobs.routing.chains", "route_attempt", "routing (the circuits)"),
+    ("jobs.pipeline", "budget_enforce", "the budget check"),
+    ("jobs.pipeline", "_release_connection", "the connection given back for the call"),
+    ("jobs.providers.simulated.SimulatedProvider", "generate", "the provider (simulated: its page)"),
+    ("jobs.pipeline", "parse_page", "validation"),
+    ("jobs.pipeline", "usage_record_durable", "the usage row (and the spend)"),
+    ("jobs.routing.chains", "attempt_report", "the circuit's report"),
+    ("jobs.pipeline", "_record_through_outage", "the end (state and attempt row)"),
+    ("jobs.accounting", "attempt_ended", "metrics and the validation window"),
+    ("jobs.accounting", "usage_counted", "usage metrics"),
+    ("jobs.accounting", "job_claimed", "claim metrics"),
+)
+
+
+def _timed_steps() -> tuple[dict[str, float], list]:
+    """Wrap each step so its thread CPU adds up under its label; returns the totals and what undoes it."""
+    import importlib
+    from collections import defaultdict
+
+    totals: dict[str, float] = defaultdict(float)
+    undo = []
+    for path, name, label in STEPS:
+        module_path, _, owner = path.rpartition(".") if path.endswith("Provider") else (path, "", "")
+        target = getattr(importlib.import_module(module_path), owner) if owner else importlib.import_module(path)
+        original = getattr(target, name)
+
+        def timed(*args, _original=original, _label=label, **kwargs):
+            start = time.thread_time()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                totals[_label] += time.thread_time() - start
+
+        setattr(target, name, timed)
+        undo.append((target, name, original))
+    return totals, undo
+
+
+def attempt_steps(*, jobs: int, warmup: int = 50) -> dict:
+    """CPU ms per job of run_attempt and of each step, N zero-latency jobs in this thread, pool off then on."""
+    from django.conf import settings
+    from django.db import connections, transaction
+
+    from jobs import pipeline
+    from jobs.models import AIJob
+
+    settings.AI_RATE_LIMIT_PER_SECOND = 0
+    out = {}
+    database = connections["default"].settings_dict
+    for pooled in (False, True):
+        connections.close_all()
+        if pooled:
+            database["CONN_MAX_AGE"] = 0
+            database["OPTIONS"]["pool"] = {"min_size": 1, "max_size": 4, "timeout": 30}
+        common.reset_state()
+        with transaction.atomic():
+            common.submit_simulated(owner=common.bench_user(), indexes=range(warmup + jobs))
+        deliveries = list(AIJob.objects.order_by("created_at").values_list("id", "rq_job_id", "provider"))
+        for job_id, rq_job_id, provider in deliveries[:warmup]:
+            pipeline.run_attempt(str(job_id), rq_job_id, provider)
+        totals, undo = _timed_steps()
+        start = time.thread_time()
+        outcomes = {pipeline.run_attempt(str(j), r, p) for j, r, p in deliveries[warmup:]}
+        total = time.thread_time() - start
+        for target, name, original in undo:
+            setattr(target, name, original)
+        out["pool" if pooled else "no pool"] = {
+            "outcomes": outcomes,
+            "total_ms": total * 1000 / jobs,
+            "steps": {label: totals[label] * 1000 / jobs for *_, label in STEPS},
+        }
+    connections.close_all()
+    return out
+
+
+def main_steps(args) -> dict:
+    common.configure_env()
+    metrics_dir = common.scratch_dir("steps-metrics")
+    for f in metrics_dir.glob("*.db"):
+        f.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # as the workers run: metrics in multiprocess mode
+    import django
+
+    django.setup()
+    out = attempt_steps(jobs=args.steps)
+    print(f"\n== one attempt's CPU by step, {args.steps} zero-latency jobs in one thread (ms per job, no profiler)")
+    print(f"{'step':<42} {'no pool':>8} {'pool':>8}")
+    for *_, label in STEPS:
+        print(f"{label:<42} {out['no pool']['steps'][label]:8.3f} {out['pool']['steps'][label]:8.3f}")
+    rest = {key: out[key]["total_ms"] - sum(out[key]["steps"].values()) for key in out}
+    print(f"{'the rest of run_attempt':<42} {rest['no pool']:8.3f} {rest['pool']:8.3f}")
+    print(f"{'run_attempt in all':<42} {out['no pool']['total_ms']:8.3f} {out['pool']['total_ms']:8.3f}")
+    print("outcomes:", sorted(out["no pool"]["outcomes"] | out["pool"]["outcomes"]))
+    return out
+
+
 def _ours(filename: str) -> bool:
     path = os.path.relpath(filename, common.ROOT)
     return not path.startswith("..") and path.split(os.sep, 1)[0] in OUR_PACKAGES
@@ -539,11 +649,16 @@ def main(argv=None) -> dict:
             "--profile", type=int, default=None, metavar="N", help="instead, profile N jobs in this process"
         )
         parser.add_argument("--profile-out", default=None, help="--profile: where the .prof files go")
+        parser.add_argument(
+            "--steps", type=int, default=None, metavar="N", help="instead, time an attempt's steps over N jobs"
+        )
         parser.add_argument("--profile-top", type=int, default=25, help="--profile: entries per list (default 25)")
 
     args = common.parse_args(__doc__.splitlines()[0], argv, extra)
     if args.profile:
         return main_profile(args)
+    if args.steps:
+        return main_steps(args)
     common.setup_django()
     if args.tracing:
         return main_tracing(args)
