@@ -458,20 +458,21 @@ def profile_attempts(case: Case, *, jobs: int, out_dir, rounds: int = 3, warmup:
 
 # --- --steps: an attempt's CPU step by step, without a profiler ---
 
-# (module, attribute) of each step, as jobs.pipeline calls it: the names it imported, so the wrappers are what it runs.
+# (module, class or None, attribute, label) of each step, as jobs.pipeline calls it: the names it imported, so the
+# wrappers are what it runs.
 STEPS = (
-    ("jobs.admission", "attempt_claim", "the claim (with the owner's limits)"),
-    ("jobs.routing.chains", "route_attempt", "routing (the circuits)"),
-    ("jobs.pipeline", "budget_enforce", "the budget check"),
-    ("jobs.pipeline", "_release_connection", "the connection given back for the call"),
-    ("jobs.providers.simulated.SimulatedProvider", "generate", "the provider (simulated: its page)"),
-    ("jobs.pipeline", "parse_page", "validation"),
-    ("jobs.pipeline", "usage_record_durable", "the usage row (and the spend)"),
-    ("jobs.routing.chains", "attempt_report", "the circuit's report"),
-    ("jobs.pipeline", "_record_through_outage", "the end (state and attempt row)"),
-    ("jobs.accounting", "attempt_ended", "metrics and the validation window"),
-    ("jobs.accounting", "usage_counted", "usage metrics"),
-    ("jobs.accounting", "job_claimed", "claim metrics"),
+    ("jobs.admission", None, "attempt_claim", "the claim (with the owner's limits)"),
+    ("jobs.routing.chains", None, "route_attempt", "routing (the circuits)"),
+    ("jobs.pipeline", None, "budget_enforce", "the budget check"),
+    ("jobs.pipeline", None, "_release_connection", "the connection given back for the call"),
+    ("jobs.providers.simulated", "SimulatedProvider", "generate", "the provider (simulated: its page)"),
+    ("jobs.pipeline", None, "parse_page", "validation"),
+    ("jobs.pipeline", None, "usage_record_durable", "the usage row (and the spend)"),
+    ("jobs.routing.chains", None, "attempt_report", "the circuit's report"),
+    ("jobs.pipeline", None, "_record_through_outage", "the end (state and attempt row)"),
+    ("jobs.accounting", None, "attempt_ended", "metrics and the validation window"),
+    ("jobs.accounting", None, "usage_counted", "usage metrics"),
+    ("jobs.accounting", None, "job_claimed", "claim metrics"),
 )
 
 
@@ -482,9 +483,10 @@ def _timed_steps() -> tuple[dict[str, float], list]:
 
     totals: dict[str, float] = defaultdict(float)
     undo = []
-    for path, name, label in STEPS:
-        module_path, _, owner = path.rpartition(".") if path.endswith("Provider") else (path, "", "")
-        target = getattr(importlib.import_module(module_path), owner) if owner else importlib.import_module(path)
+    for module, owner, name, label in STEPS:
+        target = importlib.import_module(module)
+        if owner is not None:
+            target = getattr(target, owner)
         original = getattr(target, name)
 
         def timed(*args, _original=original, _label=label, **kwargs):
@@ -500,7 +502,9 @@ def _timed_steps() -> tuple[dict[str, float], list]:
 
 
 def attempt_steps(*, jobs: int, warmup: int = 50) -> dict:
-    """CPU ms per job of run_attempt and of each step, N zero-latency jobs in this thread, pool off then on."""
+    """CPU ms per job of run_attempt and of each step, N zero-latency jobs in this thread, pool off then on. (The
+    threaded worker also gives the connection back after each job, and its next claim takes one again: this loop
+    keeps it, so with the pool only the usage row takes a connection from it.)"""
     from django.conf import settings
     from django.db import connections, transaction
 
