@@ -36,6 +36,11 @@ class ModelRows:
     def _fields(self) -> tuple:
         return tuple(f for f in self.model._meta.concrete_fields if not f.generated)
 
+    @property
+    def width(self) -> int:
+        """How many columns ``columns()`` names (a statement's answer that has more: the row's are first)."""
+        return len(self._fields)
+
     def columns(self, alias: str | None = None) -> str:
         """The columns, comma-separated, each qualified by ``alias`` when given."""
         qn = connections[self.db].ops.quote_name

@@ -171,7 +171,7 @@ def claim_params(*, job_id: str, rq_job_id: str) -> dict[str, object]:
     }
 
 
-CLAIM_COLUMNS = len(_job_rows.columns().split(", "))  # how many of a claim's columns are the job's
+CLAIM_COLUMNS = _job_rows.width  # how many of a claim's columns are the job's
 
 
 def claimed_job(row: tuple | list) -> AIJob:

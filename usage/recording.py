@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 SPOOL_KEY = "aipb:usage:spool"
 REPLAY_BATCH = 500
-_READ = object()  # _row's price: read it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +50,10 @@ class Recorded:
 
 
 def _row(
-    *, job_id, owner_id: int, attempt: int, provider: str, model: str, usage: Usage, at: datetime, price=_READ
+    *, job_id, owner_id: int, attempt: int, provider: str, model: str, usage: Usage, at: datetime, price
 ) -> TokenUsage:
-    """The call's row, its cost fixed now from the price in force at the call (never repriced): ``price`` as the
-    caller read it (a ModelPrice, or None for unpriced), else read here."""
-    if price is _READ:
-        price = price_in_force(provider=provider, model=model, at=at)
+    """The call's row, its cost fixed now from ``price``, the price in force at the call as the caller read it (None:
+    unpriced), never repriced."""
     cost = cost_of(usage=usage, price=price)
     return TokenUsage(
         owner_id=owner_id,
@@ -96,14 +93,14 @@ _USAGE_COLUMNS = (
 
 @functools.cache  # constant once the apps are loaded; built on first use, not per attempt
 def _add_to_spend_sql() -> str:
-    """The tail of both statements below: ``source`` (owner_id, cost) adds its cost to the owner's row and to
-    each of the owner's groups' rows of the month. Rows are locked in one order (the user's, then the groups' by
-    id), so two calls sharing a group never deadlock."""
+    """The tail of both statements below (its parameter: ``month``): ``source`` (owner_id, cost) adds its cost to
+    the owner's row and to each of the owner's groups' rows of the month. Rows are locked in one order (the user's,
+    then the groups' by id), so two calls sharing a group never deadlock."""
     spend = MonthlySpend._meta.db_table
     memberships = get_user_model().groups.through._meta.db_table
     return f"""
         INSERT INTO {spend} AS spend (user_id, group_id, month, spent_usd)
-        SELECT scope.user_id, scope.group_id, %s, source.cost
+        SELECT scope.user_id, scope.group_id, %(month)s, source.cost
         FROM source CROSS JOIN LATERAL (
             SELECT source.owner_id AS user_id, NULL::integer AS group_id
             UNION ALL
@@ -139,7 +136,7 @@ def _insert_sql() -> str:
             ON CONFLICT DO NOTHING
             RETURNING owner_id, cost
         ),
-        spent AS ({_add_to_spend_sql().replace("%s", "%(month)s")})
+        spent AS ({_add_to_spend_sql()})
         SELECT (SELECT id FROM price), (SELECT version FROM price)
     """
 
@@ -172,9 +169,9 @@ def _insert(**fields) -> Decimal | None:
 
 
 def _add_to_spend(row: TokenUsage) -> None:
-    sql = "WITH source AS (SELECT %s::integer AS owner_id, %s::numeric AS cost)" + _add_to_spend_sql()
+    sql = "WITH source AS (SELECT %(owner)s::integer AS owner_id, %(cost)s::numeric AS cost)" + _add_to_spend_sql()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [row.owner_id, row.cost, month_of(row.created_at)])
+        cursor.execute(sql, {"owner": row.owner_id, "cost": row.cost, "month": month_of(row.created_at)})
 
 
 def usage_record(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> TokenUsage:
@@ -188,6 +185,7 @@ def usage_record(*, job: AIJob, attempt: int, usage: Usage, at: datetime) -> Tok
         model=job.model,
         usage=usage,
         at=at,
+        price=price_in_force(provider=job.provider, model=job.model, at=at),
     )
     row.save(force_insert=True)
     _add_to_spend(row)

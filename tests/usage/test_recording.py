@@ -116,13 +116,8 @@ def test_a_price_changed_by_another_process_bills_the_next_call(job, redis_conn)
     ModelPrice.objects.filter(provider="simulated", model="sim-small").delete()
     unpriced = usage_record_durable(job=job, attempt=5, usage=USAGE, at=timezone.now())
     assert unpriced.cost is None and TokenUsage.objects.get(job=job, attempt=5).cost is None
-    assert list(TokenUsage.objects.filter(job=job).order_by("attempt").values_list("attempt", flat=True)) == [
-        1,
-        2,
-        3,
-        4,
-        5,
-    ]
+    attempts = TokenUsage.objects.filter(job=job).order_by("attempt").values_list("attempt", flat=True)
+    assert list(attempts) == [1, 2, 3, 4, 5]
     spent = MonthlySpend.objects.get(user_id=job.owner_id, group_id=None).spent_usd
     assert spent == sum(TokenUsage.objects.filter(job=job).exclude(cost=None).values_list("cost", flat=True))
 
